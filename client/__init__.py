@@ -1,0 +1,1 @@
+"""The hospital client: data loading, ResNet50 model, DP training, privacy ledger, Flower client, menu."""

@@ -1,0 +1,34 @@
+"""One logging configuration for every entry point: Rich on the console, plain text in a file."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from rich.logging import RichHandler
+
+_NOISY_LIBRARIES = ("tensorflow", "absl", "flwr", "grpc", "matplotlib", "PIL", "h5py")
+
+
+def configure_logging(level: str | int = "INFO", log_file: Path | None = None) -> None:
+    """Route log records to a Rich console handler and, optionally, a file.
+
+    Third-party libraries are held at WARNING so that a person reading the console sees the
+    project's own messages; ``FL_LOG_LEVEL`` overrides ``level``.
+    """
+    level = os.environ.get("FL_LOG_LEVEL", level)
+    handlers: list[logging.Handler] = [
+        RichHandler(rich_tracebacks=False, show_path=False, markup=False)
+    ]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+        handlers.append(file_handler)
+    logging.basicConfig(level=level, handlers=handlers, format="%(message)s", force=True)
+    for name in _NOISY_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,22 @@
+"""Fixtures shared across test modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scripts.make_sample_data import generate_sample_dataset
+
+pytest_plugins = ["tests.conftest_store"]
+
+TINY_PER_CLASS = 6
+TINY_SIZE = 32
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    """A fresh synthetic dataset (6 images of 32x32 per class) that a test may modify."""
+    root = tmp_path / "dataset"
+    generate_sample_dataset(root, per_class=TINY_PER_CLASS, image_size=TINY_SIZE, seed=0)
+    return root

@@ -1,0 +1,80 @@
+"""Fixtures for the store tests: a real database file per test, SQLite always, PostgreSQL on request.
+
+Set ``FL_TEST_DATABASE_URL`` (e.g. ``postgresql+psycopg://fl:fl@localhost/fl_test``) to run every
+store test a second time against that server; its tables are dropped before each test.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine
+
+from server.models import Base
+from server.records import SessionInfo
+from server.store import Store
+from shared.settings import Settings, load_settings
+
+POSTGRES_URL = os.environ.get("FL_TEST_DATABASE_URL", "")
+BACKENDS = ["sqlite"] + (
+    [pytest.param("postgres", marks=pytest.mark.postgres)] if POSTGRES_URL else []
+)
+
+
+def make_weights(seed: int = 0, *, scale: float = 1.0) -> list[np.ndarray]:
+    """A small stand-in for a classifier head: kernel, bias, and an int array to check dtypes survive."""
+    rng = np.random.default_rng(seed)
+    return [
+        (rng.standard_normal((8, 4)) * scale).astype(np.float32),
+        (rng.standard_normal(4) * scale).astype(np.float32),
+        np.arange(3, dtype=np.int64),
+    ]
+
+
+def _reset_postgres(url: str) -> None:
+    engine = create_engine(url)
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    home = tmp_path / "home"
+    if request.param == "postgres":
+        _reset_postgres(POSTGRES_URL)
+        return load_settings(home=home, database_url=POSTGRES_URL)
+    return load_settings(home=home, database_url=f"sqlite:///{home / 'fl.db'}")
+
+
+@pytest.fixture
+def store(store_settings: Settings) -> Iterator[Store]:
+    opened = Store.open(store_settings)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def sites(store: Store) -> dict[str, str]:
+    """Three enrolled sites and their tokens."""
+    return {name: store.enrol_site(name) for name in ("alpha", "beta", "gamma")}
+
+
+@pytest.fixture
+def v0(store: Store) -> list[np.ndarray]:
+    weights = make_weights(0)
+    store.ensure_initial_version(weights, metadata={"model": "test-head"})
+    return weights
+
+
+def running_session(store: Store, *site_names: str, config: dict | None = None) -> SessionInfo:
+    """Submit one request per site, approve them together and mark the session running."""
+    ids = [
+        store.submit_request(s, rounds=2, local_epochs=1, dp={"noise_multiplier": 1.1}).id
+        for s in site_names
+    ]
+    created = store.create_session(ids, config=config or {"rounds": 2})
+    return store.mark_session_running(created.id, port=8080 + created.id, pid=1000 + created.id)

@@ -1,0 +1,133 @@
+"""Audit chain (verify, edited and removed rows) and site tokens (hashed, salted, checked)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from server import site_tokens
+from server.audit_log import GENESIS_HASH, canonical_json
+from server.store import Store
+from shared.errors import AuthError, DuplicateError, StoreError
+from tests.conftest_store import running_session
+
+
+def audit_rows(store: Store) -> list[tuple]:
+    with store._engine.connect() as conn:
+        return list(
+            conn.execute(
+                text("SELECT id, actor, action, prev_hash, row_hash FROM audit_log ORDER BY id")
+            )
+        )
+
+
+def test_actions_are_audited_in_a_valid_chain(store: Store, sites: dict, v0: list) -> None:
+    req = store.submit_request("alpha", rounds=1, local_epochs=1, dp={})
+    store.reject_request(req.id, reason="not now", actor="root")
+    running_session(store, "beta")
+    store.audit("root", "login", {"from": "tty1"})
+    rows = audit_rows(store)
+    actions = [(r.actor, r.action) for r in rows]
+    assert actions[:3] == [("admin", "enrol_site")] * 3
+    assert ("alpha", "submit_request") in actions and ("root", "reject_request") in actions
+    assert ("server", "initial_version") in actions and ("admin", "approve") in actions
+    assert actions[-1] == ("root", "login") and any(a == "session_running" for _, a in actions)
+    assert rows[0].prev_hash == GENESIS_HASH
+    assert all(b.prev_hash == a.row_hash for a, b in zip(rows, rows[1:], strict=False))
+    verdict = store.verify_audit()
+    assert verdict.ok and verdict.rows_checked == len(rows) and verdict.first_bad_row_id is None
+
+
+def test_an_edited_row_is_found(store: Store, sites: dict) -> None:
+    store.audit("admin", "approve", {"request": "REQ-1"})
+    store.audit("admin", "note", {"x": 1})
+    target = audit_rows(store)[3].id
+    with store._engine.begin() as conn:
+        conn.execute(
+            text("UPDATE audit_log SET detail = :d WHERE id = :i"),
+            {"d": canonical_json({"request": "REQ-2"}), "i": target},
+        )
+    verdict = store.verify_audit()
+    assert not verdict.ok and verdict.first_bad_row_id == target and "edited" in verdict.message
+    assert verdict.rows_checked == 4
+
+
+def test_an_edited_actor_is_found(store: Store, sites: dict) -> None:
+    with store._engine.begin() as conn:
+        conn.execute(text("UPDATE audit_log SET actor = 'mallory' WHERE id = 2"))
+    assert store.verify_audit().first_bad_row_id == 2
+
+
+def test_a_removed_row_is_found(store: Store, sites: dict) -> None:
+    store.audit("admin", "one", {})
+    store.audit("admin", "two", {})
+    with store._engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_log WHERE id = 4"))
+    verdict = store.verify_audit()
+    assert not verdict.ok and verdict.first_bad_row_id == 5 and "removed" in verdict.message
+
+
+def test_a_recomputed_hash_still_breaks_the_next_link(store: Store, sites: dict) -> None:
+    """Rewriting a row *and* its own hash is caught at the following row."""
+    with store._engine.begin() as conn:
+        conn.execute(text("UPDATE audit_log SET row_hash = :h WHERE id = 1"), {"h": "f" * 64})
+    verdict = store.verify_audit()
+    assert verdict.first_bad_row_id == 1  # its own hash no longer matches
+    with store._engine.begin() as conn:
+        conn.execute(text("UPDATE audit_log SET prev_hash = :h WHERE id = 2"), {"h": "f" * 64})
+    assert store.verify_audit().first_bad_row_id == 1
+
+
+def test_token_hash_is_salted_and_verifies_in_constant_time_form() -> None:
+    token = site_tokens.new_token()
+    first, second = site_tokens.hash_token(token), site_tokens.hash_token(token)
+    assert token not in first and first != second  # salted: same token, different hashes
+    assert first.startswith("scrypt$")
+    assert site_tokens.verify_token(token, first) and site_tokens.verify_token(token, second)
+    assert not site_tokens.verify_token(token + "x", first)
+    assert not site_tokens.verify_token(token, "garbage")
+    assert not site_tokens.verify_token(token, "bcrypt$1$2$3$aa$bb")
+    assert len(token) >= 40 and site_tokens.new_token() != token
+
+
+def test_store_keeps_only_the_hash_and_authenticates(store: Store, sites: dict) -> None:
+    with store._engine.connect() as conn:
+        stored = dict(conn.execute(text("SELECT name, token_hash FROM sites")).all())
+    for name, token in sites.items():
+        assert token not in stored[name]
+        assert store.authenticate(name, token).name == name
+    with pytest.raises(AuthError, match="wrong token for site 'alpha'"):
+        store.authenticate("alpha", sites["beta"])
+    with pytest.raises(AuthError, match="unknown site 'x'"):
+        store.authenticate("x", sites["alpha"])
+    store.disable_site("gamma")
+    with pytest.raises(AuthError, match="disabled"):
+        store.authenticate("gamma", sites["gamma"])
+    assert [(s.name, s.enabled) for s in store.list_sites()] == [
+        ("alpha", True),
+        ("beta", True),
+        ("gamma", False),
+    ]
+
+
+def test_enrolment_refuses_duplicates_and_bad_names(store: Store, sites: dict) -> None:
+    with pytest.raises(DuplicateError, match="alpha"):
+        store.enrol_site("alpha")
+    for bad in ("", "../etc", "a b", "x" * 65):
+        with pytest.raises(StoreError, match="invalid site name"):
+            store.enrol_site(bad)
+    with pytest.raises(StoreError, match="budget"):
+        store.enrol_site("delta", budget_epsilon=0)
+
+
+def test_notifications_are_per_site_and_acknowledged(store: Store, sites: dict) -> None:
+    store.notify("alpha", kind="info", message="one", payload={"n": 1})
+    store.notify("alpha", kind="info", message="two")
+    store.notify("beta", kind="info", message="theirs")
+    mine = store.notifications("alpha")
+    assert [(n.message, n.payload) for n in mine] == [("one", {"n": 1}), ("two", {})]
+    theirs = store.notifications("beta")[0].id
+    assert store.acknowledge("alpha", [mine[0].id, theirs]) == 1  # another site's id is ignored
+    assert [n.message for n in store.notifications("alpha", unread_only=True)] == ["two"]
+    assert store.notifications("beta", unread_only=True)[0].read_at is None
+    assert store.acknowledge("alpha", [mine[0].id]) == 0
