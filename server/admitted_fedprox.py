@@ -11,6 +11,7 @@ import numpy as np
 from flwr.common import FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedProx
+from flwr.server.strategy.aggregate import aggregate
 
 from server.update_validation import update_problem, weighted_mean
 from shared.errors import SessionFailedError
@@ -123,11 +124,10 @@ class AdmittedFedProx(FedProx):
             if self._update_is_sound(server_round, entry)
         ]
         self._require_enough(server_round, "fit", admitted, failures)
-        parameters, _ = super().aggregate_fit(
-            server_round, [(a.proxy, a.result) for a in admitted], []
+        self.global_weights = aggregate(
+            [(parameters_to_ndarrays(a.result.parameters), a.result.num_examples) for a in admitted]
         )
-        assert parameters is not None  # admitted is never empty past _require_enough
-        self.global_weights = parameters_to_ndarrays(parameters)
+        parameters = ndarrays_to_parameters(self.global_weights)
         per_site = {a.site: {**a.metrics, "examples": a.result.num_examples} for a in admitted}
         for site, metrics in per_site.items():
             self.privacy_report[site] = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -468,14 +468,24 @@ class Store:
             )
             return [_round_info(row) for row in rows]
 
-    def recover_interrupted(self, *, actor: str = "server") -> list[SessionInfo]:
-        """At server start: sessions a crash left STARTING/RUNNING become INTERRUPTED, and nothing else."""
+    def recover_interrupted(
+        self, *, actor: str = "server", still_running: Callable[[SessionInfo], bool] | None = None
+    ) -> list[SessionInfo]:
+        """At server start: sessions a crash left STARTING/RUNNING become INTERRUPTED, and nothing else.
+
+        Session processes outlive a crashed server; ``still_running`` spares the sessions whose
+        process is still alive, so they go on and commit as usual.
+        """
         with self._write() as session:
-            live = session.scalars(
-                select(FlSession)
-                .where(FlSession.state.in_(LIVE_SESSION_STATES))
-                .order_by(FlSession.id)
-            ).all()
+            live = [
+                fl
+                for fl in session.scalars(
+                    select(FlSession)
+                    .where(FlSession.state.in_(LIVE_SESSION_STATES))
+                    .order_by(FlSession.id)
+                ).all()
+                if still_running is None or not still_running(_session_info(fl))
+            ]
             reason = "the server stopped while the session was live"
             for fl in live:
                 _end_session(
@@ -715,6 +725,11 @@ class Store:
                 select(Version).join(Release).where(Release.site == site).order_by(Version.number)
             )
             return [_version_info(row, self.versions_dir) for row in rows]
+
+    def available_versions(self, site: str) -> list[VersionInfo]:
+        """What a site may download: versions released to it or trained with it, files present."""
+        return [v for v in self.list_versions()
+                if v.has_weights and (site in v.released_to or site in v.participants)]
 
     def may_download(self, site: str, number: int) -> bool:
         """A site may fetch a version released to it or one it helped train (and whose file still exists)."""

@@ -31,4 +31,6 @@ def configure_logging(level: str | int = "INFO", log_file: Path | None = None) -
     logging.basicConfig(level=level, handlers=handlers, format="%(message)s", force=True)
     for name in _NOISY_LIBRARIES:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # Flower logs through its own console handler too; one copy of each line is enough.
+    logging.getLogger("flwr").propagate = False
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

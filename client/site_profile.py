@@ -1,0 +1,81 @@
+"""A site's local profile: server address, enrolment token, data folder, privacy budget.
+
+Kept as ``<sites_dir>/<site>/site.json`` (readable by the owner only, since it holds the
+token), written once by ``fl-client --site NAME setup`` and read by every other command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.errors import ConfigError
+from shared.settings import Settings
+
+PROFILE_NAME = "site.json"
+
+
+class SiteProfile(BaseModel):
+    """Where a site keeps its images and state, and the privacy budget it holds itself to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    site: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    state_dir: Path
+    data_root: Path
+    token: str = Field(min_length=1)
+    server_host: str = "127.0.0.1"
+    server_port: int = Field(9090, ge=1, le=65535)
+    budget_epsilon: float = Field(10.0, gt=0)
+    budget_delta: float = Field(1e-5, gt=0, lt=1)
+    backbone_weights: Path | None = None
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.state_dir / "privacy_ledger.sqlite"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.state_dir / "feature_cache"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.state_dir / "models"
+
+    @property
+    def version_log(self) -> Path:
+        return self.state_dir / "version_log.jsonl"
+
+
+def profile_path(settings: Settings, site: str) -> Path:
+    return settings.site_dir(site) / PROFILE_NAME
+
+
+def save_profile(settings: Settings, profile: SiteProfile) -> Path:
+    """Write the profile atomically with owner-only permissions (it holds the site token)."""
+    path = profile_path(settings, profile.site)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(profile.model_dump_json(indent=2))
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_profile(settings: Settings, site: str) -> SiteProfile:
+    path = profile_path(settings, site)
+    if not path.is_file():
+        raise ConfigError(
+            f"site '{site}' is not set up on this machine ({path} is missing)",
+            hint=f"Run: fl-client --site {site} setup --token TOKEN --data FOLDER",
+        )
+    try:
+        return SiteProfile.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, ValidationError) as exc:
+        raise ConfigError(f"{path} is not a valid site profile: {exc}") from None

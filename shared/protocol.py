@@ -1,0 +1,403 @@
+"""The request-socket wire protocol: one schema for every message, reply and frame.
+
+Server and clients both import this module, so a field can only change in one place.
+A frame is a 4-byte big-endian unsigned length followed by that many bytes of UTF-8 JSON
+holding one object. Requests are strict (unknown fields, wrong types and out-of-range values
+are refused); results are parsed leniently on the client so a newer server can add fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import struct
+from datetime import datetime
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from shared.errors import ConfigError, FrameTooLarge, FramingError, ProtocolError
+
+HEADER = struct.Struct(">I")
+#: Bytes of JSON around a download chunk's base64 data; chunk sizes leave this much room.
+CHUNK_ENVELOPE_BYTES = 1024
+
+ErrorCode = Literal[
+    "auth", "protocol", "too_large", "not_found", "illegal", "refused", "rate_limited", "internal"
+]
+MessageId = Union[
+    Annotated[str, StringConstraints(min_length=1, max_length=64)],
+    Annotated[int, Field(ge=0, le=2**53)],
+]
+#: The store's rule for site names (server.store.SITE_NAME), repeated so shared/ imports no server code.
+SiteName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Token = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+RequestId = Annotated[int, Field(ge=1, le=2**31)]
+VersionNumber = Annotated[int, Field(ge=0, le=2**31)]
+
+_REQUEST_REF = re.compile(r"(?:REQ-)?([1-9][0-9]{0,9})", re.IGNORECASE)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class DpSpec(_Strict):
+    """Differential-privacy parameters of a request: a target epsilon or a noise multiplier."""
+
+    target_epsilon: Annotated[float, Field(gt=0, le=1000)] | None = None
+    noise_multiplier: Annotated[float, Field(gt=0, le=100)] | None = None
+    delta: Annotated[float, Field(gt=0, le=1e-2)]
+    l2_norm_clip: Annotated[float, Field(gt=0, le=1e4)]
+
+    @model_validator(mode="after")
+    def _exactly_one_noise_source(self) -> DpSpec:
+        """The client derives noise from a target epsilon, or takes the multiplier as given."""
+        if (self.target_epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError("give exactly one of target_epsilon and noise_multiplier")
+        return self
+
+
+class _Message(_Strict):
+    """Fields every request carries: correlation id and the site's credentials."""
+
+    id: MessageId
+    site: SiteName
+    token: Token
+
+
+class SubmitRequest(_Message):
+    type: Literal["submit_request"]
+    rounds: Annotated[int, Field(ge=1, le=1000)]
+    local_epochs: Annotated[int, Field(ge=1, le=100)]
+    dp: DpSpec
+    note: Annotated[str, StringConstraints(max_length=500)] = ""
+
+
+class RequestStatus(_Message):
+    type: Literal["request_status"]
+    request_id: RequestId
+
+
+class ListRequests(_Message):
+    type: Literal["list_requests"]
+
+
+class CancelRequest(_Message):
+    type: Literal["cancel_request"]
+    request_id: RequestId
+
+
+class ListNotifications(_Message):
+    type: Literal["list_notifications"]
+    unread_only: bool = False
+
+
+class Acknowledge(_Message):
+    type: Literal["acknowledge"]
+    notification_ids: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=1000)]
+
+
+class ListVersions(_Message):
+    type: Literal["list_versions"]
+
+
+class DownloadVersion(_Message):
+    type: Literal["download_version"]
+    version: VersionNumber
+    chunk: Annotated[int, Field(ge=0, le=2**31)] = 0
+
+
+class AcknowledgeUpdate(_Message):
+    type: Literal["acknowledge_update"]
+    version: VersionNumber
+
+
+class SessionTicketRequest(_Message):
+    type: Literal["session_ticket"]
+    request_id: RequestId
+
+
+Message = Annotated[
+    Union[
+        SubmitRequest,
+        RequestStatus,
+        ListRequests,
+        CancelRequest,
+        ListNotifications,
+        Acknowledge,
+        ListVersions,
+        DownloadVersion,
+        AcknowledgeUpdate,
+        SessionTicketRequest,
+    ],
+    Field(discriminator="type"),
+]
+MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+class _Result(BaseModel):
+    """Server-built results; the client ignores fields it does not know yet."""
+
+    model_config = ConfigDict(extra="ignore", from_attributes=True, frozen=True)
+
+
+class RequestView(_Result):
+    id: int
+    label: str
+    site: str
+    state: str
+    rounds: int
+    local_epochs: int
+    dp: dict[str, Any]
+    note: str
+    created_at: datetime
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    reason: str = ""
+    session_id: int | None = None
+
+
+class RequestList(_Result):
+    requests: list[RequestView]
+
+
+class NotificationView(_Result):
+    id: int
+    kind: str
+    message: str
+    payload: dict[str, Any]
+    created_at: datetime
+    read_at: datetime | None = None
+
+
+class NotificationList(_Result):
+    notifications: list[NotificationView]
+
+
+class Acknowledged(_Result):
+    acknowledged: int
+
+
+class VersionView(_Result):
+    """A version as a site sees it: no server paths, no list of who else received it."""
+
+    number: int
+    label: str
+    kind: str
+    parents: list[int]
+    participants: list[str]
+    rounds: int
+    metrics: dict[str, Any]
+    dp_summary: dict[str, Any]
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+    note: str = ""
+    has_weights: bool = True
+    model: dict[str, Any] = {}  # the model spec the site rebuilds the full classifier from
+
+
+class VersionList(_Result):
+    versions: list[VersionView]
+
+
+class DownloadChunk(_Result):
+    """One slice of a version file; ``sha256`` is the whole file's, as recorded in the store."""
+
+    version: int
+    chunk: int
+    total_chunks: int
+    total_size: int
+    sha256: str
+    chunk_sha256: str
+    data: str  # base64
+
+
+class UpdateAccepted(_Result):
+    version: int
+    recorded: bool
+
+
+class SessionTicket(_Result):
+    """How an approved site joins its Flower session; ``port`` is None while it is starting."""
+
+    request_id: int
+    session_id: int
+    session_state: str
+    host: str
+    port: int | None
+    secret: str
+    config: dict[str, Any]
+
+
+#: The result model of each message type: the server builds it, the client parses it.
+RESULT_MODELS: dict[str, type[_Result]] = {
+    "submit_request": RequestView,
+    "request_status": RequestView,
+    "list_requests": RequestList,
+    "cancel_request": RequestView,
+    "list_notifications": NotificationList,
+    "acknowledge": Acknowledged,
+    "list_versions": VersionList,
+    "download_version": DownloadChunk,
+    "acknowledge_update": UpdateAccepted,
+    "session_ticket": SessionTicket,
+}
+
+
+class ErrorBody(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    code: ErrorCode
+    message: str
+    hint: str = ""
+
+
+def result_json(result: BaseModel) -> bytes:
+    """A result serialised once, so the server can keep it and answer several ids with it."""
+    return result.model_dump_json().encode()
+
+
+def ok_frame(message_id: Any, result: bytes, max_bytes: int | None = None) -> bytes:
+    """The frame answering a message that succeeded, around a :func:`result_json` payload."""
+    head = b'{"id":' + json.dumps(message_id).encode() + b',"ok":true,"result":'
+    return _frame(head + result + b"}", max_bytes)
+
+
+def error_reply(message_id: Any, code: ErrorCode, message: str, hint: str = "") -> dict[str, Any]:
+    """The reply to a message that failed; ``message_id`` is None when it could not be read."""
+    return {"id": message_id, "ok": False, "error": {"code": code, "message": message, "hint": hint}}
+
+
+# ----------------------------------------------------------------------------- framing
+
+
+def encode_frame(obj: dict[str, Any], max_bytes: int | None = None) -> bytes:
+    """Serialise one object as a length-prefixed frame, refusing one the peer would refuse."""
+    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return _frame(body, max_bytes)
+
+
+def _frame(body: bytes, max_bytes: int | None) -> bytes:
+    if max_bytes is not None and len(body) > max_bytes:
+        raise FrameTooLarge(f"frame of {len(body)} bytes is over the {max_bytes}-byte cap")
+    return HEADER.pack(len(body)) + body
+
+
+def frame_length(header: bytes, max_bytes: int) -> int:
+    """The body length a header announces; an oversized one is refused before reading it."""
+    (length,) = HEADER.unpack(header)
+    if length > max_bytes:
+        raise FrameTooLarge(f"frame of {length} bytes announced; the cap is {max_bytes} bytes")
+    return length
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """Parse a frame body: UTF-8 JSON holding exactly one object."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("frame is not valid UTF-8") from None
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"frame is not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"frame must hold a JSON object, not {type(obj).__name__}")
+    return obj
+
+
+async def read_frame(reader: asyncio.StreamReader, max_bytes: int) -> dict[str, Any] | None:
+    """Read one frame; None on a clean end of stream between frames.
+
+    Raises ``FramingError`` (truncated) or ``FrameTooLarge`` when the stream cannot be
+    resynchronised, and plain ``ProtocolError`` for a bad body, after which it still can.
+    """
+    try:
+        header = await reader.readexactly(HEADER.size)
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None
+        raise FramingError("connection closed inside a frame header") from None
+    length = frame_length(header, max_bytes)
+    try:
+        body = await reader.readexactly(length)
+    except asyncio.IncompleteReadError as exc:
+        raise FramingError(
+            f"connection closed after {len(exc.partial)} of {length} frame bytes"
+        ) from None
+    return decode_body(body)
+
+
+def parse_message(obj: dict[str, Any]) -> Message:
+    """Validate a decoded frame against the message schema, naming each problem."""
+    try:
+        return MESSAGE_ADAPTER.validate_python(obj)
+    except ValidationError as exc:
+        raise ProtocolError(f"invalid message: {describe_validation_error(exc)}") from None
+
+
+def describe_validation_error(exc: ValidationError, limit: int = 5) -> str:
+    """A short, one-line summary of a pydantic ValidationError that never echoes the input."""
+    problems = [_describe_problem(err) for err in exc.errors(include_input=False, include_url=False)[:limit]]
+    extra = exc.error_count() - len(problems)
+    return "; ".join(problems) + (f" (and {extra} more)" if extra > 0 else "")
+
+
+def _describe_problem(err: Any) -> str:
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):  # their text quotes the input
+        return f"type: must be one of {', '.join(RESULT_MODELS)}"
+    where = ".".join(str(part) for part in err["loc"]) or "message"
+    return f"{where}: {err['msg'][:200]}"
+
+
+def message_id_of(obj: Any) -> Any:
+    """The correlation id of a frame that failed validation, if it has a usable one."""
+    if not isinstance(obj, dict):
+        return None
+    candidate = obj.get("id")
+    if isinstance(candidate, str) and 0 < len(candidate) <= 64:
+        return candidate
+    if isinstance(candidate, int) and not isinstance(candidate, bool) and 0 <= candidate <= 2**53:
+        return candidate
+    return None
+
+
+def parse_request_ref(ref: str | int) -> int:
+    """Turn ``"REQ-3"``, ``"3"`` or ``3`` into the request id the wire carries."""
+    if isinstance(ref, int) and not isinstance(ref, bool) and ref >= 1:
+        return ref
+    match = _REQUEST_REF.fullmatch(str(ref).strip())
+    if match is None:
+        raise ProtocolError(
+            f"{ref!r} is not a request reference", hint="Use the label the server gave, e.g. REQ-3."
+        )
+    return int(match.group(1))
+
+
+def chunk_payload_bytes(max_frame_bytes: int, wanted: int) -> int:
+    """Raw bytes per download chunk such that its base64 JSON frame stays under the cap."""
+    fits = (max_frame_bytes - CHUNK_ENVELOPE_BYTES) // 4 * 3
+    if fits <= 0:
+        raise ConfigError(
+            f"a {max_frame_bytes}-byte frame cap is too small for downloads",
+            hint="Set max_frame_bytes to at least 4096.",
+        )
+    return max(1, min(wanted, fits))
