@@ -1,4 +1,4 @@
-"""Shared pytest fixtures; area-specific ones live in the conftest_* plugins listed below."""
+"""Fixtures shared across test modules."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from scripts.make_sample_data import generate_sample_dataset
 
 pytest_plugins = ["tests.conftest_store", "tests.conftest_client"]
 
+TINY_PER_CLASS = 6
+TINY_SIZE = 32
 
-# RECONSTRUCTED (client engineer overwrote this file by mistake; original content lost):
-# test_split_dataset.py expects 6 images per class (an IID 2-site split gives 3 each).
-# Owner of the splitter tests: please check against your original fixture.
+
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
-    """6 small sample images per class."""
-    root = tmp_path / "tiny"
-    generate_sample_dataset(root, per_class=6, image_size=16, seed=0)
+    """A fresh synthetic dataset (6 images of 32x32 per class) that a test may modify."""
+    root = tmp_path / "dataset"
+    generate_sample_dataset(root, per_class=TINY_PER_CLASS, image_size=TINY_SIZE, seed=0)
     return root
