@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from shared import protocol as p
+from shared.tls import wrap_client_socket
 from shared.errors import (
     AuthError,
     ConnectionProblem,
@@ -81,8 +82,10 @@ class SiteConnection:
         *,
         timeout: float = 30.0,
         max_frame_bytes: int = 1 << 20,
+        tls_ca: Path | None = None,
     ) -> None:
         self.host, self.port, self.site = host, port, site
+        self.tls_ca = tls_ca
         self._token = token
         self._timeout = timeout
         self._max_frame = max_frame_bytes
@@ -268,6 +271,8 @@ class SiteConnection:
                     f"server not reachable at {self.host}:{self.port} ({_reason(exc)})"
                 ) from None
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls_ca is not None:
+                self._sock = wrap_client_socket(self._sock, self.tls_ca, self.host, self.port)
         return self._sock
 
     def _drop(self) -> None:

@@ -26,12 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     from shared.errors import FLError
     from shared.logging_setup import configure_logging
     from shared.settings import load_settings
+    from shared.tls import flower_certificates, warn_if_exposed
 
     settings = load_settings()
     configure_logging(settings.log_level)
+    host = args.host or settings.session_host
+    tls = settings.tls_ca and settings.tls_cert and settings.tls_key
+    certificates = flower_certificates(settings.tls_ca, settings.tls_cert, settings.tls_key) if tls else None
+    warn_if_exposed(host, certificates is not None, f"session {args.session_id}'s Flower server")
     store = Store.open(settings)
     try:
-        run_session(store, args.session_id, port=args.port, host=args.host or settings.session_host)
+        run_session(store, args.session_id, port=args.port, host=host, certificates=certificates)
     except FLError as exc:
         print(f"session {args.session_id} failed: {exc}", file=sys.stderr)
         return 1

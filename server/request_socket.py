@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 import time
 from types import TracebackType
@@ -23,6 +24,7 @@ from server.request_handlers import RequestHandlers
 from server.store import Store
 from shared import protocol as p
 from shared.errors import (
+    ConfigError,
     AuthError,
     FLError,
     FrameTooLarge,
@@ -32,6 +34,7 @@ from shared.errors import (
     ProtocolError,
 )
 from shared.settings import Settings
+from shared.tls import server_context, warn_if_exposed
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +97,10 @@ class RequestServer:
         """Listen; returns once connections are accepted."""
         self._auth = AuthCache(self._store.authenticate, ttl=self._auth_ttl)
         self._cache = ReadCache(self._settings.database_url)
+        tls = self._tls_context()
+        warn_if_exposed(self._host, tls is not None, "the request socket")
         self._server = await asyncio.start_server(
-            self._serve_connection, self._host, self._requested_port
+            self._serve_connection, self._host, self._requested_port, ssl=tls
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("request socket listening on %s:%d", self._host, self.port)
@@ -115,6 +120,15 @@ class RequestServer:
         if self._auth is not None:
             self._auth.close()
         log.info("request socket on port %d stopped", self.port)
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """TLS when the settings name a certificate and key; plain TCP otherwise."""
+        cert, key = self._settings.tls_cert, self._settings.tls_key
+        if cert is None and key is None:
+            return None
+        if cert is None or key is None:
+            raise ConfigError("TLS needs both FL_TLS_CERT and FL_TLS_KEY")
+        return server_context(cert, key)
 
     def forget_site(self, site: str) -> None:
         """Make the next frame from ``site`` re-check its token (call after disable or rotation).
