@@ -18,20 +18,22 @@ from types import TracebackType
 from typing import Any
 
 from server.auth_cache import AuthCache
+from server.rate_limits import RequestRateLimits
 from server.read_cache import ReadCache
 from server.records import SiteInfo
 from server.request_handlers import RequestHandlers
 from server.store import Store
 from shared import protocol as p
 from shared.errors import (
-    ConfigError,
     AuthError,
+    ConfigError,
     FLError,
     FrameTooLarge,
     FramingError,
     IllegalTransitionError,
     NotFoundError,
     ProtocolError,
+    ServerBusy,
 )
 from shared.settings import Settings
 from shared.tls import server_context, warn_if_exposed
@@ -47,6 +49,8 @@ def error_code(exc: FLError) -> p.ErrorCode:
     """The wire code of an error the server raised on purpose (most specific class first)."""
     if isinstance(exc, AuthError):
         return "auth"
+    if isinstance(exc, ServerBusy):
+        return "rate_limited"
     if isinstance(exc, FrameTooLarge):
         return "too_large"
     if isinstance(exc, ProtocolError):
@@ -77,6 +81,7 @@ class RequestServer:
         max_connections: int = 256,
         frame_timeout: float = 30.0,
         auth_ttl: float = 30.0,
+        rate_limits: RequestRateLimits | None = None,
     ) -> None:
         self._settings = settings
         self._host = settings.request_host if host is None else host
@@ -86,6 +91,7 @@ class RequestServer:
         self._frame_timeout = frame_timeout
         self._auth_ttl = auth_ttl
         self._store = store
+        self._limits = rate_limits or RequestRateLimits()
         self._handlers = RequestHandlers(store, settings)
         self._auth: AuthCache[SiteInfo] | None = None
         self._cache: ReadCache | None = None
@@ -174,6 +180,7 @@ class RequestServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Any
     ) -> None:
         """Answer frames until the peer closes, idles too long, or breaks the framing."""
+        budget = self._limits.new_connection()
         while True:
             try:
                 obj = await asyncio.wait_for(
@@ -202,15 +209,17 @@ class RequestServer:
             if obj is None:
                 writer.close()
                 return
-            writer.write(await self._answer(obj, peer))
+            writer.write(await self._answer(obj, peer, budget))
             await writer.drain()
 
-    async def _answer(self, obj: dict[str, Any], peer: Any) -> bytes:
+    async def _answer(self, obj: dict[str, Any], peer: Any, budget: str) -> bytes:
         """The encoded reply to one decoded frame; never raises."""
         message_id = p.message_id_of(obj)
         started = time.perf_counter()
         try:
+            self._limits.check_connection(budget)
             message = p.parse_message(obj)
+            self._limits.check_site(message.site)
             assert self._auth is not None
             await self._auth.authenticate(message.site, message.token)
             frame = self._encode_result(message, await self._result_json(message))

@@ -107,7 +107,7 @@ class FrameTooLarge(FramingError):
 
 
 class ServerBusy(ConnectionProblem):
-    """The request socket refused a connection because it is at its connection cap."""
+    """The request socket is at its connection cap, or a connection or site exceeded its rate."""
 
     default_hint = "Too many open connections to the server; try again in a few seconds."
 

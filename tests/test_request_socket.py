@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import socket
+import time
 import struct
 import threading
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from client.socket_client import SiteConnection
 from server.request_handlers import RequestHandlers
+from server.rate_limits import RequestRateLimits
 from server.request_socket import RequestServerThread
 from server.store import Store
 from shared import protocol as p
@@ -455,3 +457,42 @@ def test_a_submit_that_may_have_arrived_is_never_sent_twice() -> None:
         assert len(server.frames) == 1
     finally:
         server.close()
+
+
+# ----------------------------------------------------------------- rate limits
+
+
+def test_a_connection_over_its_rate_is_told_and_stays_usable(tmp_path: Path) -> None:
+    env = Env(tmp_path, rate_limits=RequestRateLimits(per_connection="5/second", per_site="1000/second"))
+    try:
+        sock = env.raw()
+        codes = []
+        for index in range(8):
+            send(sock, frame(env, type="list_requests", id=index))
+            reply = recv(sock)
+            assert reply is not None and reply["id"] == index
+            codes.append("ok" if reply["ok"] else reply["error"]["code"])
+        assert codes[:5] == ["ok"] * 5 and set(codes[5:]) == {"rate_limited"}
+        time.sleep(1.1)
+        status_ok(env, sock)
+        with env.connect("beta") as other:  # other connections keep their own budget
+            assert other.list_requests() == []
+    finally:
+        env.close()
+
+
+def test_a_site_over_its_rate_is_limited_across_connections(tmp_path: Path) -> None:
+    env = Env(tmp_path, rate_limits=RequestRateLimits(per_connection="1000/second", per_site="4/second"))
+    try:
+        first, second = env.connect("alpha"), env.connect("alpha")
+        for _ in range(2):
+            first.list_requests()
+            second.list_requests()
+        with pytest.raises(ServerBusy, match="site 'alpha'"):
+            first.list_requests()
+        with env.connect("beta") as beta:
+            assert beta.list_requests() == []
+        first.close()
+        second.close()
+    finally:
+        env.close()

@@ -1,0 +1,45 @@
+"""Request-rate limits of the request socket: per connection and per site.
+
+One misbehaving client (a loop without sleep, a token-guessing script) must not starve the
+others or the admin's console, so each connection and each site name gets a moving-window
+budget; a frame over budget is answered with a ``rate_limited`` error and the connection stays
+open. The per-site budget counts frames before authentication, which also slows token guessing.
+"""
+
+from __future__ import annotations
+
+from itertools import count
+
+from limits import RateLimitItem, parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from shared.errors import ServerBusy
+
+
+class RequestRateLimits:
+    """Moving-window limits such as ``"200/second"`` (the ``limits`` library's notation)."""
+
+    def __init__(self, *, per_connection: str = "200/second", per_site: str = "500/second") -> None:
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._per_connection: RateLimitItem = parse(per_connection)
+        self._per_site: RateLimitItem = parse(per_site)
+        self._connection_ids = count(1)
+
+    def new_connection(self) -> str:
+        """A key for one connection's budget."""
+        return f"connection-{next(self._connection_ids)}"
+
+    def check_connection(self, key: str) -> None:
+        if not self._limiter.hit(self._per_connection, "connection", key):
+            raise ServerBusy(
+                f"more than {self._per_connection} requests on this connection",
+                hint="Slow down: wait a second before the next request.",
+            )
+
+    def check_site(self, site: str) -> None:
+        if not self._limiter.hit(self._per_site, "site", site):
+            raise ServerBusy(
+                f"more than {self._per_site} requests for site '{site}'",
+                hint="Slow down: several programs of this site may be polling at once.",
+            )
