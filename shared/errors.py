@@ -47,6 +47,12 @@ class StoreError(FLError):
     """The version store or request queue refused an operation."""
 
 
+class StorageWriteError(StoreError):
+    """A file could not be written: disk full, quota or file-size limit, permissions."""
+
+    default_hint = "Free disk space (or raise the quota) where the store keeps its files, then retry."
+
+
 class IllegalTransitionError(StoreError):
     """A state change that the request/session life cycle does not allow."""
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.errors import IntegrityError
+from shared.errors import IntegrityError, StorageWriteError
 
 TEMP_PREFIX = ".tmp-"
 _CHUNK = 1 << 20
@@ -86,14 +86,20 @@ def save_weights(path: Path | str, weights: list[np.ndarray]) -> WrittenFile:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Temp file in the same folder, fsync, ``os.replace``, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=path.parent)
+    except OSError as exc:
+        raise StorageWriteError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_name, path)
+    except OSError as exc:  # ENOSPC, EDQUOT, EFBIG: nothing half-written stays behind
+        Path(temp_name).unlink(missing_ok=True)
+        raise StorageWriteError(f"cannot write {path}: {exc.strerror or exc}") from None
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
