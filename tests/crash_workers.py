@@ -33,5 +33,24 @@ def commit_with_file_size_limit(home: str, session_id: int, limit_bytes: int) ->
     return 1
 
 
+
+
+def slow_flower_client(port: int, site: str, secret: str, fit_seconds: float, marker: str) -> None:
+    """A numpy Flower client whose fit takes ``fit_seconds``; it creates ``marker`` when fit starts."""
+    import time
+
+    from tests.flower_fakes import ScriptedClient, run_in_thread
+
+    def slow_update(weights: list[np.ndarray]) -> list[np.ndarray]:
+        Path(marker).touch()
+        time.sleep(fit_seconds)
+        return [w + 1.0 for w in weights]
+
+    run_in_thread(port, ScriptedClient(site, secret, 10, slow_update)).join()
+
+
 if __name__ == "__main__":
-    sys.exit(commit_with_file_size_limit(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+    if sys.argv[1] == "commit":
+        sys.exit(commit_with_file_size_limit(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+    if sys.argv[1] == "client":
+        slow_flower_client(int(sys.argv[2]), sys.argv[3], sys.argv[4], float(sys.argv[5]), sys.argv[6])

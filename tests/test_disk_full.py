@@ -26,7 +26,7 @@ def test_commit_on_a_full_disk_fails_cleanly_and_leaves_the_head(tmp_path: Path)
     store.mark_session_running(session.id, port=1, pid=1)
 
     result = subprocess.run(
-        [sys.executable, "-m", "tests.crash_workers", str(home), str(session.id), str(256 * 1024)],
+        [sys.executable, "-m", "tests.crash_workers", "commit", str(home), str(session.id), str(256 * 1024)],
         capture_output=True, text=True, timeout=120,
     )
 
