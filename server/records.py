@@ -132,6 +132,15 @@ class NotificationInfo:
 
 
 @dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class AuditVerdict:
     ok: bool
     rows_checked: int

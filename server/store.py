@@ -31,6 +31,7 @@ from server.lifecycle import (
     check_transition,
 )
 from server.models import (
+    AuditRow,
     Download,
     FlSession,
     Notification,
@@ -43,6 +44,7 @@ from server.models import (
     utcnow,
 )
 from server.records import (
+    AuditEntry,
     AuditVerdict,
     CleanupReport,
     NotificationInfo,
@@ -847,6 +849,16 @@ class Store:
     def verify_audit(self) -> AuditVerdict:
         with self._read() as session:
             return audit_log.verify_chain(session)
+
+    def audit_trail(self, *, action: str | None = None, actor: str | None = None) -> list[AuditEntry]:
+        """Audit rows oldest first, optionally of one action or actor (for the admin and tests)."""
+        query = select(AuditRow).order_by(AuditRow.id)
+        if action is not None:
+            query = query.where(AuditRow.action == action)
+        if actor is not None:
+            query = query.where(AuditRow.actor == actor)
+        with self._read() as session:
+            return [AuditEntry(r.id, r.at, r.actor, r.action, dict(r.detail)) for r in session.scalars(query)]
 
 
 # ---------------------------------------------------------------- helpers

@@ -1,0 +1,77 @@
+"""Poisoned or broken updates are dropped from the aggregate and logged; the session goes on if it can."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from server.lifecycle import SessionState
+from server.session_runtime import run_session
+from server.store import Store
+from server.update_validation import update_problem
+from shared.errors import SessionFailedError
+from tests.flower_fakes import ScriptedClient, free_port, run_in_thread
+
+pytestmark = pytest.mark.slow
+
+V0 = [np.zeros((6, 4), np.float32), np.zeros(4, np.float32)]
+DP = {"noise_multiplier": 1.0, "delta": 1e-5, "l2_norm_clip": 1.0}
+POISONS = {
+    "wrong shape": lambda ws: [np.zeros((7, 4), np.float32), ws[1]],
+    "missing array": lambda ws: ws[:1],
+    "NaN": lambda ws: [w * np.nan for w in ws],
+    "Inf": lambda ws: [w + np.inf for w in ws],
+    "huge norm": lambda ws: [w + 1e6 for w in ws],
+}
+
+
+@pytest.mark.parametrize("poison", sorted(POISONS))
+def test_poisoned_update_is_dropped_logged_and_the_rest_is_averaged(store: Store, sites: dict[str, str],
+                                                                   poison: str) -> None:
+    store.ensure_initial_version(V0, metadata={"model": {}})
+    ids = [store.submit_request(s, rounds=1, local_epochs=1, dp=DP).id for s in ("alpha", "beta", "gamma")]
+    config = {"rounds": 1, "proximal_mu": 0.0, "min_clients": 2, "join_timeout_s": 30, "round_timeout_s": 60,
+              "max_update_norm": 100.0, "local_epochs": 1, "batch_size": 4, "learning_rate": 0.1}
+    session = store.create_session(ids, config=config)
+    port = free_port()
+    store.mark_session_running(session.id, port=port, pid=1)
+    outcome: dict = {}
+
+    def serve() -> None:
+        try:
+            outcome["version"] = run_session(store, session.id, port=port)
+        except SessionFailedError as exc:
+            outcome["error"] = exc
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    honest = [ScriptedClient(s, store.session_secret(session.id, s), 10, lambda ws, d=d: [w + d for w in ws])
+              for s, d in (("alpha", 1.0), ("beta", 3.0))]
+    attacker = ScriptedClient("gamma", store.session_secret(session.id, "gamma"), 1000, POISONS[poison])
+    for client in (*honest, attacker):
+        run_in_thread(port, client)
+    server.join(timeout=120)
+
+    assert outcome.get("version") == 1, outcome
+    np.testing.assert_allclose(store.load_weights(1)[0], np.full((6, 4), 2.0))  # (1 + 3) / 2, gamma ignored
+    assert store.get_version(1).participants == ["alpha", "beta"]
+    drops = store.audit_trail(action="result_dropped")
+    assert [d.detail["from"] for d in drops] == ["gamma"]
+    assert "update rejected" in drops[0].detail["reason"]
+    assert store.get_session(session.id).state == SessionState.COMPLETED
+
+
+@pytest.mark.parametrize(
+    ("candidate", "problem"),
+    [
+        ([np.zeros((6, 4), np.float32), np.zeros(4, np.float32)], None),
+        ([np.zeros((6, 4), np.int32), np.zeros(4, np.float32)], "dtype"),
+        ([np.zeros((6, 4), np.float32)], "expected 2 weight arrays"),
+        ([np.full((6, 4), 30.0, np.float32), np.zeros(4, np.float32)], "exceeds the bound"),
+    ],
+)
+def test_update_problem_names_what_is_wrong(candidate: list[np.ndarray], problem: str | None) -> None:
+    found = update_problem(candidate, V0, max_update_norm=100.0)
+    assert (found is None) if problem is None else (problem in found)
