@@ -1,4 +1,8 @@
-"""``fl-client --site NAME <command>``: the hospital's commands (the menu calls the same actions)."""
+"""``fl-client --site NAME``: with no command the hospital menu; with one, that action and exit.
+
+This module only parses arguments and dispatches; the handlers live in ``site_commands`` and
+the menu in ``site_menu``, and both call the same ``site_actions``.
+"""
 
 from __future__ import annotations
 
@@ -6,40 +10,40 @@ import argparse
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
-from client import site_actions, views
+from client.site_commands import COMMANDS, console, setup
 from client.site_profile import load_profile
 from shared.errors import FLError
 from shared.logging_setup import configure_logging
 from shared.settings import load_settings
-
-console = Console()
+from shared.terminal import print_error
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fl-client", description="A hospital site of the federation.")
+    parser = argparse.ArgumentParser(prog="fl-client", description="A hospital site of the federation. "
+                                     "Without a command: the interactive menu.")
     parser.add_argument("--site", required=True, help="this site's name, as enrolled by the admin")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    setup = commands.add_parser("setup", help="save this site's server, token, data folder and budget")
-    setup.add_argument("--token", required=True)
-    setup.add_argument("--data", type=Path, required=True, help="folder with glioma/ meningioma/ notumor/ pituitary/")
-    setup.add_argument("--server", default="127.0.0.1:9090", help="request socket host:port")
-    setup.add_argument("--budget-epsilon", type=float, default=10.0)
-    setup.add_argument("--budget-delta", type=float, default=1e-5)
-    setup.add_argument("--backbone-weights", type=Path, help="local ResNet50 weights file (.h5)")
+    setup_parser = commands.add_parser("setup", help="save this site's server, token, data folder and budget")
+    setup_parser.add_argument("--token", required=True)
+    setup_parser.add_argument("--data", type=Path, required=True,
+                              help="folder with glioma/ meningioma/ notumor/ pituitary/")
+    setup_parser.add_argument("--server", default="127.0.0.1:9090", help="request socket host:port")
+    setup_parser.add_argument("--budget-epsilon", type=float, default=10.0)
+    setup_parser.add_argument("--budget-delta", type=float, default=1e-5)
+    setup_parser.add_argument("--backbone-weights", type=Path, help="local ResNet50 weights file (.h5)")
 
     request = commands.add_parser("request", help="send a training request")
     request.add_argument("--rounds", type=int, default=3)
     request.add_argument("--local-epochs", type=int, default=1)
     noise = request.add_mutually_exclusive_group()
-    noise.add_argument("--target-epsilon", type=float, help="privacy to spend on this request")
+    noise.add_argument("--target-epsilon", type=float, help="privacy to spend on this request (default 1)")
     noise.add_argument("--noise", type=float, help="noise multiplier (instead of a target epsilon)")
     request.add_argument("--delta", type=float, help="default: the site's budget delta")
     request.add_argument("--clip", type=float, default=1.0, help="per-example L2 clip norm")
     request.add_argument("--note", default="")
     request.add_argument("--train", action="store_true", help="wait for approval, then train")
+    request.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for approval (--train)")
 
     commands.add_parser("requests", help="my requests and their status")
     train = commands.add_parser("train", help="wait for a request's approval, then train in its session")
@@ -49,82 +53,42 @@ def _parser() -> argparse.ArgumentParser:
     notes.add_argument("--unread", action="store_true")
     commands.add_parser("updates", help="model versions available to this site")
     accept = commands.add_parser("accept", help="download, verify and save a model version")
-    accept.add_argument("version", help="e.g. v1 or 1")
+    accept.add_argument("version", type=_version, help="e.g. v1 or 1")
+    evaluate = commands.add_parser("evaluate", help="accuracy and confusion matrix of an accepted version")
+    evaluate.add_argument("version", type=_version, help="e.g. v1 or 1")
     commands.add_parser("dataset", help="local dataset summary")
     commands.add_parser("privacy", help="privacy spent (composed) versus budget")
     commands.add_parser("log", help="versions this site accepted")
     return parser
 
 
+def _version(text: str) -> int:
+    """``v3`` or ``3``."""
+    try:
+        return int(text.lower().removeprefix("v"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a version: {text!r} (use e.g. v3 or 3)") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = load_settings()
-    configure_logging(settings.log_level)
     try:
-        return _run(args, settings)
+        settings = load_settings()
+        if args.command is None:  # the menu's screen belongs to the menu; logs go to a file
+            from client.site_menu import run_menu
+
+            configure_logging(settings.log_level, settings.site_dir(args.site) / "menu.log", console=False)
+            return run_menu(settings, args.site)
+        configure_logging(settings.log_level)
+        if args.command == "setup":
+            return setup(args, settings)
+        return COMMANDS[args.command](args, load_profile(settings, args.site))
     except FLError as error:
-        console.print(f"[red]error:[/] {error}")
-        if error.hint:
-            console.print(f"[yellow]hint:[/] {error.hint}")
+        print_error(console, error)
         return 1
     except KeyboardInterrupt:
         console.print("interrupted")
         return 130
-
-
-def _run(args: argparse.Namespace, settings) -> int:  # noqa: ANN001 (Settings)
-    if args.command is None:
-        _parser().print_help()
-        return 0
-    if args.command == "setup":
-        host, _, port = args.server.rpartition(":")
-        profile = site_actions.setup_site(
-            settings, site=args.site, token=args.token, data_root=args.data, server_host=host or "127.0.0.1",
-            server_port=int(port), budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta,
-            backbone_weights=args.backbone_weights)
-        console.print(f"site {profile.site} set up: data {profile.data_root}, server {host}:{port}")
-        return 0
-    profile = load_profile(settings, args.site)
-    if args.command == "request":
-        dp = {"delta": args.delta or profile.budget_delta, "l2_norm_clip": args.clip}
-        dp.update({"noise_multiplier": args.noise} if args.noise is not None
-                  else {"target_epsilon": args.target_epsilon or 1.0})
-        view = site_actions.request_training(profile, rounds=args.rounds, local_epochs=args.local_epochs,
-                                             dp=dp, note=args.note)
-        console.print(f"sent {view.label} ({view.state}); the admin will approve or reject it")
-        if args.train:
-            return _train(profile, view.label, 3600.0)
-        return 0
-    if args.command == "requests":
-        console.print(views.requests_table(site_actions.my_requests(profile)))
-    elif args.command == "train":
-        return _train(profile, args.request, args.timeout)
-    elif args.command == "notifications":
-        console.print(views.notifications_table(site_actions.notifications(profile, unread_only=args.unread)))
-    elif args.command == "updates":
-        console.print(views.versions_table(site_actions.available_updates(profile)))
-    elif args.command == "accept":
-        path = site_actions.accept_update(profile, int(str(args.version).lstrip("vV")))
-        console.print(f"saved {path} (sha256 verified)")
-    elif args.command == "dataset":
-        scan = site_actions.dataset_summary(profile)
-        console.print(views.dataset_table(scan))
-        if scan.skipped:
-            console.print(views.skipped_table(scan))
-    elif args.command == "privacy":
-        console.print(views.privacy_table(site_actions.privacy_status(profile)))
-    elif args.command == "log":
-        console.print(views.version_log_table(site_actions.version_log(profile)))
-    return 0
-
-
-def _train(profile, request: str, timeout: float) -> int:  # noqa: ANN001 (SiteProfile)
-    console.print(f"waiting for approval of {request} ...")
-    ticket = site_actions.train(profile, request, approval_timeout_s=timeout,
-                                progress=lambda r, e, loss, acc: console.print(
-                                    f"round {r} epoch {e}: loss {loss:.3f} accuracy {acc:.1%}"))
-    console.print(f"session {ticket.session_id} finished")
-    return 0
 
 
 if __name__ == "__main__":

@@ -65,9 +65,7 @@ def build_classifier(
     head_layers = _head_layers(seed)
 
     image = tf.keras.Input((image_size, image_size, 3), name="image")
-    scaled = tf.keras.layers.Rescaling(
-        255.0, offset=[-m for m in _IMAGENET_MEAN_BGR], name="imagenet_scale"
-    )(image)
+    scaled = input_scaling()(image)
     pooled = backbone(scaled, training=False)  # BatchNorm in inference mode, always
     features_in = tf.keras.Input((FEATURE_DIM,), name="features")
     return Classifier(
@@ -75,6 +73,13 @@ def build_classifier(
         features=tf.keras.Model(image, pooled, name="backbone_features"),
         head=tf.keras.Model(features_in, _apply(head_layers, features_in), name="head"),
         trainable_blocks=trainable_blocks,
+    )
+
+
+def input_scaling() -> tf.keras.layers.Layer:
+    """[0, 1] images -> the Caffe-style inputs that ImageNet ResNet50 weights (and ours) expect."""
+    return tf.keras.layers.Rescaling(
+        255.0, offset=[-m for m in _IMAGENET_MEAN_BGR], name="imagenet_scale"
     )
 
 

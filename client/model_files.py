@@ -9,15 +9,10 @@ from typing import Any
 from shared.weights_io import load_weights_verified
 
 
-def save_global_model(
-    weights_path: Path,
-    sha256: str,
-    spec: dict[str, Any],
-    h5_path: Path,
-    *,
-    backbone_weights: Path | None = None,
-) -> Path:
-    """Rebuild the classifier of ``spec``, load the verified trainable weights, save ``h5_path``.
+def rebuild_classifier(
+    weights_path: Path, sha256: str, spec: dict[str, Any], *, backbone_weights: Path | None = None
+) -> Any:
+    """The classifier of ``spec`` with the verified trainable weights of a downloaded version.
 
     Only trainable weights travel, so the frozen backbone is rebuilt locally from the same seed
     (or weights file) as the session's; a fingerprint mismatch is refused.
@@ -39,6 +34,19 @@ def save_global_model(
             hint="Use the same backbone weights file (or none) as the server.",
         )
     set_trainable_weights(classifier.full, weights)
+    return classifier
+
+
+def save_global_model(
+    weights_path: Path,
+    sha256: str,
+    spec: dict[str, Any],
+    h5_path: Path,
+    *,
+    backbone_weights: Path | None = None,
+) -> Path:
+    """Rebuild the version's classifier (see ``rebuild_classifier``) and save it as ``h5_path``."""
+    classifier = rebuild_classifier(weights_path, sha256, spec, backbone_weights=backbone_weights)
     h5_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = h5_path.with_name(f".{h5_path.name}.part")
     with warnings.catch_warnings():  # .h5 is the format hospitals asked for, legacy or not

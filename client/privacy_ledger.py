@@ -8,6 +8,7 @@ budget, and a run that crashes half-way still counts (its noise may already have
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,12 +47,15 @@ class LedgerEntry:
 class PrivacyLedger:
     """The privacy spent by one site, with a budget of ``max_epsilon`` at ``delta``."""
 
-    def __init__(self, path: Path, *, max_epsilon: float, delta: float) -> None:
+    def __init__(self, path: Path, *, max_epsilon: float, delta: float, allow_no_dp: bool = False) -> None:
+        """``allow_no_dp``: a run without noise (infinite epsilon) is recorded instead of refused;
+        only for sites that explicitly opted out of a budget (benchmarks), never a default."""
         if max_epsilon <= 0 or not 0 < delta < 1:
             raise ValueError(f"need max_epsilon > 0 and 0 < delta < 1 (got {max_epsilon}, {delta})")
         self.path = Path(path)
         self.max_epsilon = max_epsilon
         self.delta = delta
+        self.allow_no_dp = allow_no_dp
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute(_SCHEMA)
@@ -115,6 +119,8 @@ class PrivacyLedger:
     def _check(self, planned: dp_accounting.DpEvent, recorded: list[dp_accounting.DpEvent]) -> float:
         spent = epsilon_for(compose(recorded), self.delta)
         total = epsilon_for(compose([*recorded, planned]), self.delta)
+        if self.allow_no_dp and math.isinf(epsilon_for(planned, self.delta)):
+            return total  # an explicit no-DP run: recorded, with no finite guarantee, never checked
         if total > self.max_epsilon:
             requested = epsilon_for(planned, self.delta)
             raise PrivacyBudgetExceeded(

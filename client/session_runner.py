@@ -8,6 +8,8 @@ the DP parameters of the site's own request, until the server ends the session.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+
 from client.site_profile import SiteProfile
 from client.socket_client import SiteConnection
 from shared import protocol
@@ -25,10 +27,16 @@ def train_for_request(
     approval_timeout_s: float = 3600.0,
     listen_timeout_s: float = 60.0,
     progress=None,
+    on_approved: Callable[[protocol.SessionTicket], None] | None = None,
 ) -> protocol.SessionTicket:
-    """Wait for the request's approval, then take part in its session until it ends."""
+    """Wait for the request's approval, then take part in its session until it ends.
+
+    ``on_approved(ticket)`` runs once the session is known (a display learns its rounds there).
+    """
     view = connection.request_status(request)
     ticket = connection.wait_for_approval(request, timeout=approval_timeout_s)
+    if on_approved is not None:
+        on_approved(ticket)
     join_session(ticket, profile, dp=dict(view.dp), listen_timeout_s=listen_timeout_s, progress=progress)
     return ticket
 
@@ -48,6 +56,10 @@ def join_session(
     from client.dp_training import DPConfig
     from client.flower_client import build_site_client
     from client.privacy_ledger import PrivacyLedger
+    from client.secure_aggregation import SecureAggregationClient
+
+    # Flower sets its logger to DEBUG when imported; its chatter would break the live display.
+    logging.getLogger("flwr").setLevel(max(logging.WARNING, logging.getLogger().level))
 
     if ticket.port is None:
         raise ConfigError(f"session {ticket.session_id} has no port yet", hint="Try again in a moment.")
@@ -59,7 +71,8 @@ def join_session(
         seed=int(spec.get("seed", 0)),
         weights=profile.backbone_weights,
         dp=DPConfig(**dp),
-        ledger=PrivacyLedger(profile.ledger_path, max_epsilon=profile.budget_epsilon, delta=profile.budget_delta),
+        ledger=PrivacyLedger(profile.ledger_path, max_epsilon=profile.budget_epsilon, delta=profile.budget_delta,
+                             allow_no_dp=profile.allow_no_dp),
         cache_dir=profile.cache_dir,
         extra_fit_metrics={"site": profile.site, "session_secret": ticket.secret},
         progress=progress,
@@ -72,4 +85,9 @@ def join_session(
         )
     wait_until_listening(ticket.host, ticket.port, timeout_s=listen_timeout_s)
     log.info("%s joins session %d at %s:%d", profile.site, ticket.session_id, ticket.host, ticket.port)
-    start_client(server_address=f"{ticket.host}:{ticket.port}", client=client.to_client(), insecure=True)
+    # The server decides per round whether to drive secure aggregation; a session approved with it
+    # never gets plain weights from this site.
+    secure = SecureAggregationClient(
+        client, site=profile.site, required=bool(ticket.config.get("secure_aggregation"))
+    )
+    start_client(server_address=f"{ticket.host}:{ticket.port}", client=secure.to_client(), insecure=True)

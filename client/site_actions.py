@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from client.evaluation import Evaluation, evaluate_weights
 from client.site_profile import SiteProfile, save_profile
 from client.socket_client import SiteConnection
 from shared import protocol
 from shared.dataset_layout import DatasetScan, scan_dataset
-from shared.errors import PrivacyBudgetExceeded
+from shared.errors import ConfigError, NotFoundError, PrivacyBudgetExceeded
 from shared.settings import Settings
+
+#: ``progress(round, epoch, loss, accuracy)``, called after every local epoch.
+ProgressCallback = Callable[[int, int, float, float], None]
 
 #: Batch size assumed when a request's privacy cost is estimated before the admin decides.
 PLANNING_BATCH_SIZE = 16
@@ -27,7 +34,11 @@ VALIDATION_FRACTION = 0.2
 def setup_site(settings: Settings, **fields: Any) -> SiteProfile:
     """Create or replace the site's profile (server, token, data folder, budget)."""
     site = fields["site"]
-    profile = SiteProfile(state_dir=settings.site_dir(site), **fields)
+    try:
+        profile = SiteProfile(state_dir=settings.site_dir(site), **fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"cannot set up site '{site}': {problems}", hint="Check the values and try again.") from None
     scan_dataset(profile.data_root)  # a wrong folder layout is refused now, not at training time
     save_profile(settings, profile)
     return profile
@@ -64,9 +75,21 @@ def planned_epsilon(profile: SiteProfile, *, rounds: int, local_epochs: int, dp:
     noise = dp.get("noise_multiplier")
     if noise is None:
         noise = noise_for_target_epsilon(float(dp["target_epsilon"]), delta, n_train, PLANNING_BATCH_SIZE, epochs)
-    if float(noise) <= 0:
-        raise PrivacyBudgetExceeded("training without noise has no finite epsilon and would exceed any budget")
+    if float(noise) <= 0 and not profile.allow_no_dp:
+        raise PrivacyBudgetExceeded("training without noise has no finite epsilon and would exceed any budget",
+                                    hint="Only a site set up with allow_no_dp (benchmarks) may train without DP.")
     return _ledger(profile).check_run(dp_sgd_event(float(noise), n_train, PLANNING_BATCH_SIZE, epochs))
+
+
+def dp_request(profile: SiteProfile, *, target_epsilon: float | None, noise: float | None,
+               delta: float | None = None, clip: float = 1.0) -> dict[str, Any]:
+    """The ``dp`` part of a request: a target epsilon or a noise multiplier, at the budget's delta."""
+    dp: dict[str, Any] = {"delta": delta or profile.budget_delta, "l2_norm_clip": clip}
+    if noise is not None:
+        dp["noise_multiplier"] = noise
+    else:
+        dp["target_epsilon"] = target_epsilon or 1.0
+    return dp
 
 
 def request_training(
@@ -84,18 +107,28 @@ def my_requests(profile: SiteProfile) -> list[protocol.RequestView]:
 
 
 def train(profile: SiteProfile, request: str | int, *, approval_timeout_s: float = 3600.0,
-          progress: Any = None) -> protocol.SessionTicket:
+          progress: ProgressCallback | None = None,
+          on_approved: Callable[[protocol.SessionTicket], None] | None = None) -> protocol.SessionTicket:
     """Wait for approval of ``request`` and take part in its session until it ends."""
     from client.session_runner import train_for_request
 
     with connect(profile) as connection:
         return train_for_request(connection, profile, request, approval_timeout_s=approval_timeout_s,
-                                 progress=progress)
+                                 progress=progress, on_approved=on_approved)
 
 
 def notifications(profile: SiteProfile, *, unread_only: bool = False) -> list[protocol.NotificationView]:
     with connect(profile) as connection:
         return connection.notifications(unread_only=unread_only)
+
+
+def new_notifications(profile: SiteProfile) -> list[protocol.NotificationView]:
+    """Unread notifications, marked read now that they are shown (the menu's notices)."""
+    with connect(profile) as connection:
+        unread = connection.notifications(unread_only=True)
+        if unread:
+            connection.acknowledge([n.id for n in unread])
+    return unread
 
 
 def available_updates(profile: SiteProfile) -> list[protocol.VersionView]:
@@ -111,8 +144,6 @@ def accept_update(profile: SiteProfile, number: int) -> Path:
     with connect(profile) as connection:
         version = next((v for v in connection.list_versions() if v.number == number), None)
         if version is None:
-            from shared.errors import NotFoundError
-
             raise NotFoundError(f"version v{number} is not available to site '{profile.site}'",
                                 hint="List the available updates first.")
         weights_path, sha256 = connection.download_version(number, profile.models_dir / f"v{number}.npz")
@@ -122,8 +153,18 @@ def accept_update(profile: SiteProfile, number: int) -> Path:
         )
         connection.accept_update(number)
     _log_version(profile, {"version": number, "sha256": sha256, "h5": str(h5_path), "npz": str(weights_path),
-                           "metrics": version.metrics})
+                           "metrics": version.metrics, "model": version.model})
     return h5_path
+
+
+def evaluate_version(profile: SiteProfile, number: int) -> Evaluation:
+    """Accuracy and confusion matrix of an accepted version on every local image (no network)."""
+    entry = next((e for e in reversed(version_log(profile)) if e["version"] == number), None)
+    if entry is None:
+        raise NotFoundError(f"v{number} has not been accepted on site '{profile.site}'",
+                            hint=f"Accept it first: fl-client --site {profile.site} accept v{number}")
+    return evaluate_weights(number, Path(entry["npz"]), entry["sha256"], entry["model"], profile.data_root,
+                            backbone_weights=profile.backbone_weights)
 
 
 def version_log(profile: SiteProfile) -> list[dict[str, Any]]:
@@ -142,4 +183,5 @@ def _log_version(profile: SiteProfile, entry: dict[str, Any]) -> None:
 def _ledger(profile: SiteProfile) -> Any:
     from client.privacy_ledger import PrivacyLedger
 
-    return PrivacyLedger(profile.ledger_path, max_epsilon=profile.budget_epsilon, delta=profile.budget_delta)
+    return PrivacyLedger(profile.ledger_path, max_epsilon=profile.budget_epsilon, delta=profile.budget_delta,
+                         allow_no_dp=profile.allow_no_dp)

@@ -32,6 +32,9 @@ class SiteProfile(BaseModel):
     budget_epsilon: float = Field(10.0, gt=0)
     budget_delta: float = Field(1e-5, gt=0, lt=1)
     backbone_weights: Path | None = None
+    #: Research/benchmark sites only: allow requests with noise_multiplier 0 (no DP, epsilon = inf).
+    #: Such a run is still recorded in the ledger, which then reports an infinite total for good.
+    allow_no_dp: bool = False
 
     @property
     def ledger_path(self) -> Path:

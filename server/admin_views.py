@@ -1,63 +1,113 @@
-"""Rich renderings for the admin; the console menu and the subcommands print the same tables."""
+"""Rich renderings for the admin; the console menu and the subcommands print the same tables.
+
+Headers are short and long cells fold, so every table stays readable in an 80-column pipe.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.tree import Tree
 
+from server.admin_actions import SessionProgress, VersionDetails
+from server.admin_statistics import Statistics
 from server.records import CleanupReport, RequestInfo, RoundInfo, SessionInfo, SiteInfo, VersionInfo
 
 
+#: Short cells that read badly when broken; every other column folds.
+_NO_WRAP = {"req", "ver", "kind", "state", "sess", "rnd", "ep", "round", "decided", "when", "sha256"}
+
+
+def _table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Table:
+    table = Table(title=title, title_justify="left", expand=False, pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold", no_wrap=column in _NO_WRAP,
+                         justify="right" if column in right else "left")
+    return table
+
+
 def _when(value: Any) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+    return value.strftime("%m-%d %H:%M") if value else ""
 
 
-def _dp(dp: dict[str, Any]) -> str:
+def _percent(value: float | None) -> str:
+    return f"{value:.1%}" if value is not None else ""
+
+
+def dp_text(dp: dict[str, Any]) -> str:
     noise = f"eps<={dp['target_epsilon']:g}" if dp.get("target_epsilon") else f"noise {dp.get('noise_multiplier')}"
-    return f"{noise}, delta {dp.get('delta', 0):g}"
+    return f"{noise} d={dp.get('delta', 0):g}"
 
 
 def requests_table(requests: list[RequestInfo], title: str = "Training requests") -> Table:
-    table = Table(title=title)
-    for column in ("request", "site", "state", "rounds", "epochs", "privacy", "note", "session", "decided", "reason"):
-        table.add_column(column)
+    table = _table(title, "req", "site", "state", "rnd", "ep", "privacy", "sess", "decided", "note / reason")
     for r in requests:
-        table.add_row(r.label, r.site, r.state.value, str(r.rounds), str(r.local_epochs), _dp(r.dp), r.note,
-                      str(r.session_id or ""), _when(r.decided_at), r.reason)
+        table.add_row(r.label, r.site, r.state.value, str(r.rounds), str(r.local_epochs), dp_text(r.dp),
+                      str(r.session_id or ""), _when(r.decided_at), r.reason or r.note)
     return table
 
 
-def sessions_table(sessions: list[SessionInfo], rounds: dict[int, list[RoundInfo]] | None = None) -> Table:
-    table = Table(title="Sessions")
-    for column in ("session", "state", "sites", "port", "round", "last accuracy", "base", "result", "reason"):
-        table.add_column(column)
-    for s in sessions:
-        done = [r for r in (rounds or {}).get(s.id, []) if r.phase == "evaluate"]
-        last = done[-1].metrics.get("accuracy") if done else None
+def _evaluated(rounds: list[RoundInfo]) -> list[RoundInfo]:
+    return [r for r in rounds if r.phase == "evaluate"]
+
+
+def sessions_table(progress: list[SessionProgress], title: str = "Sessions") -> Table:
+    table = _table(title, "sess", "state", "sites", "port", "round", "acc", "from", "result", "reason")
+    for p in progress:
+        s, done = p.session, _evaluated(p.rounds)
         table.add_row(str(s.id), s.state.value, ", ".join(s.participants), str(s.port or ""),
-                      f"{len(done)} of {s.config.get('rounds', '?')}", f"{last:.1%}" if last is not None else "",
-                      f"v{s.base_version}", f"v{s.version_number}" if s.version_number is not None else "", s.reason)
+                      f"{len(done)} of {s.config.get('rounds', '?')}",
+                      _percent(done[-1].metrics.get("accuracy") if done else None), f"v{s.base_version}",
+                      f"v{s.version_number}" if s.version_number is not None else "", s.reason)
     return table
+
+
+def live_sessions_table(progress: list[SessionProgress]) -> Table:
+    """Active sessions: round k of n, who takes part and the last metrics, for the live display."""
+    table = _table("Active sessions (any key or Ctrl-C returns)", "sess", "state", "round", "sites",
+                   "last fit loss", "last val. acc", "running for")
+    for p in progress:
+        s = p.session
+        fits = [r for r in p.rounds if r.phase == "fit"]
+        done = _evaluated(p.rounds)
+        loss = fits[-1].metrics.get("loss") if fits else None
+        table.add_row(str(s.id), s.state.value, f"{len(done)} of {s.config.get('rounds', '?')}",
+                      ", ".join(s.participants), f"{loss:.4f}" if loss is not None else "",
+                      _percent(done[-1].metrics.get("accuracy") if done else None), _elapsed(s))
+    if not progress:
+        table.add_row("", "no active session", "", "", "", "", "")
+    return table
+
+
+def _elapsed(session: SessionInfo) -> str:
+    if session.started_at is None:
+        return ""
+    started = session.started_at if session.started_at.tzinfo else session.started_at.replace(tzinfo=timezone.utc)
+    seconds = int((datetime.now(timezone.utc) - started).total_seconds())
+    return f"{seconds // 60}m {seconds % 60:02d}s"
+
+
+def history_view(requests: list[RequestInfo], sessions: list[SessionProgress]) -> Group:
+    return Group(requests_table(requests, title="Training history: requests"),
+                 sessions_table(sessions, title="Training history: sessions"))
 
 
 def versions_table(versions: list[VersionInfo]) -> Table:
-    table = Table(title="Model versions")
-    for column in ("version", "kind", "parents", "session", "sites", "rounds", "val. accuracy", "merge weight",
-                   "released to", "created", "sha256"):
-        table.add_column(column)
+    """One row per version; merge weights and dates are in the details (lineage tree)."""
+    table = _table("Model versions", "ver", "kind", "from", "sess", "sites", "rnd", "val. acc", "released to",
+                   "sha256")
     for v in versions:
-        accuracy = v.metrics.get("evaluate", {}).get("accuracy")
-        table.add_row(v.label + ("" if v.has_weights else " (pruned)"), v.kind, ", ".join(f"v{p}" for p in v.parents),
+        table.add_row(v.label + ("" if v.has_weights else " pruned"), v.kind, ", ".join(f"v{p}" for p in v.parents),
                       str(v.session_id or ""), ", ".join(v.participants), str(v.rounds),
-                      f"{accuracy:.1%}" if accuracy is not None else "",
-                      f"{v.merge_weight:.3f}" if v.merge_weight is not None else "", ", ".join(v.released_to),
-                      _when(v.created_at), v.sha256[:12])
+                      _percent(v.metrics.get("evaluate", {}).get("accuracy")), ", ".join(v.released_to),
+                      v.sha256[:8])
     return table
 
 
-def lineage_tree(versions: list[VersionInfo]) -> Tree:
+def lineage_tree(versions: list[VersionInfo], highlight: int | None = None) -> Tree:
     """Versions as a tree from v0; a merge hangs under its head parent and names its base."""
     tree = Tree("[bold]lineage")
     nodes: dict[int, Tree] = {}
@@ -65,37 +115,66 @@ def lineage_tree(versions: list[VersionInfo]) -> Tree:
         label = f"{v.label} [dim]{v.kind}[/]"
         if v.merge_weight is not None:
             label += f" (merged from v{v.parents[-1]}, weight {v.merge_weight:.3f}, staleness {v.staleness})"
+        if v.number == highlight:
+            label = f"[bold]{label} <-"
         parent = nodes.get(v.parents[0]) if v.parents else None
         nodes[v.number] = (parent or tree).add(label)
     return tree
 
 
 def rounds_table(rounds: list[RoundInfo], title: str = "Per-round metrics") -> Table:
-    table = Table(title=title)
-    for column in ("round", "phase", "loss", "accuracy", "examples", "sites"):
-        table.add_column(column)
+    table = _table(title, "round", "phase", "loss", "acc", "examples", "sites", right=("loss", "acc", "examples"))
     for r in rounds:
         m = r.metrics
         table.add_row(str(r.round_number), r.phase, f"{m.get('loss', float('nan')):.4f}",
-                      f"{m['accuracy']:.1%}" if "accuracy" in m else "", str(m.get("examples", "")),
-                      str(m.get("sites", "")))
+                      _percent(m.get("accuracy")), str(m.get("examples", "")), ", ".join(sorted(r.per_site)))
     return table
 
 
 def privacy_table(dp_summary: dict[str, Any], title: str = "Privacy reported by the sites") -> Table:
-    table = Table(title=title)
-    for column in ("site", "epsilon (this session)", "delta", "noise multiplier", "examples"):
-        table.add_column(column)
+    table = _table(title, "site", "epsilon (session)", "delta", "noise mult.", "examples")
     for site, report in sorted(dp_summary.items()):
         table.add_row(site, f"{report.get('epsilon', float('nan')):.3f}", f"{report.get('delta', 0):g}",
                       f"{report.get('noise_multiplier', float('nan')):.3f}", str(report.get("examples", "")))
     return table
 
 
+def version_details_view(details: VersionDetails) -> Group:
+    """Lineage, per-round metrics, participants, privacy and the file's sha256 of one version."""
+    v = details.version
+    parts: list[RenderableType] = [versions_table([v]), lineage_tree(details.lineage, highlight=v.number)]
+    if details.rounds:
+        parts.append(rounds_table(details.rounds))
+    parts.append(f"created {v.created_at:%Y-%m-%d %H:%M:%S}; participants: {', '.join(v.participants) or 'none'}"
+                 + (f"; merge weight {v.merge_weight:.3f}" if v.merge_weight is not None else ""))
+    if v.dp_summary:
+        parts.append(privacy_table(v.dp_summary))
+    parts.append(f"sha256 {v.sha256}\nfile {v.path}" + ("" if v.has_weights else " (pruned)"))
+    return Group(*parts)
+
+
+def statistics_view(stats: Statistics) -> Group:
+    """Per site (max eps: largest one-session spend; eps total: the site's latest composed total)
+    and per version."""
+    sites = _table("Per site", "site", "requests", "done", "rejected", "sessions", "examples",
+                   "max eps", "eps total", right=("requests", "done", "rejected", "sessions", "examples"))
+    for s in stats.sites:
+        sites.add_row(s.site, str(s.requests), str(s.completed), str(s.rejected), str(s.sessions), str(s.examples),
+                      _eps(s.max_session_epsilon), _eps(s.latest_total_epsilon))
+    versions = _table("Per version", "ver", "kind", "sites", "examples", "val. acc", "val. loss",
+                      right=("sites", "examples"))
+    for v in stats.versions:
+        versions.add_row(v.label, v.kind, str(v.sites), str(v.examples), _percent(v.accuracy),
+                         f"{v.loss:.4f}" if v.loss is not None else "")
+    return Group(sites, versions)
+
+
+def _eps(value: float | None) -> str:
+    return f"{value:.3f}" if value is not None else ""
+
+
 def sites_table(sites: list[SiteInfo]) -> Table:
-    table = Table(title="Sites")
-    for column in ("site", "enabled", "budget epsilon", "delta", "enrolled"):
-        table.add_column(column)
+    table = _table("Sites", "site", "enabled", "budget eps", "delta", "enrolled")
     for s in sites:
         table.add_row(s.name, "yes" if s.enabled else "no", f"{s.budget_epsilon:g}", f"{s.budget_delta:g}",
                       _when(s.created_at))
@@ -104,10 +183,7 @@ def sites_table(sites: list[SiteInfo]) -> Table:
 
 def cleanup_table(report: CleanupReport) -> Table:
     verb = "would free" if report.dry_run else "freed"
-    table = Table(title=f"Clean-up {verb} {report.freed_bytes / 1e6:.2f} MB")
-    table.add_column("kept")
-    table.add_column("removed")
-    table.add_column("orphan files")
+    table = _table(f"Clean-up {verb} {report.freed_bytes / 1e6:.2f} MB", "kept", "removed", "orphan files")
     table.add_row(", ".join(f"v{n}" for n in report.kept), ", ".join(f"v{n}" for n in report.removed),
                   str(len(report.orphans)))
     return table

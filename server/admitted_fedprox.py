@@ -124,9 +124,7 @@ class AdmittedFedProx(FedProx):
             if self._update_is_sound(server_round, entry)
         ]
         self._require_enough(server_round, "fit", admitted, failures)
-        self.global_weights = aggregate(
-            [(parameters_to_ndarrays(a.result.parameters), a.result.num_examples) for a in admitted]
-        )
+        self.global_weights = self._combine(server_round, admitted)
         parameters = ndarrays_to_parameters(self.global_weights)
         per_site = {a.site: {**a.metrics, "examples": a.result.num_examples} for a in admitted}
         for site, metrics in per_site.items():
@@ -182,6 +180,12 @@ class AdmittedFedProx(FedProx):
         if problem:
             self._reject(server_round, "fit", entry.site, f"update rejected: {problem}")
         return problem is None
+
+    def _combine(self, server_round: int, admitted: list[_Admitted]) -> list[np.ndarray]:
+        """The round's new global weights: the example-weighted mean of the admitted weights."""
+        return aggregate(
+            [(parameters_to_ndarrays(a.result.parameters), a.result.num_examples) for a in admitted]
+        )
 
     def _reject(self, server_round: int, phase: str, who: str, reason: str) -> None:
         log.warning("round %d %s: dropped result from %s (%s)", server_round, phase, who, reason)

@@ -22,6 +22,7 @@ from typing import Any
 
 from server.lifecycle import SessionState
 from server.store import SessionInfo, Store
+from shared import secagg_protocol
 from shared.errors import IllegalTransitionError, SessionFailedError, StoreError
 from shared.settings import Settings
 
@@ -45,6 +46,22 @@ class ApprovalOptions:
     batch_size: int = 16
     learning_rate: float = 0.05
     max_update_norm: float = 1e3
+    #: None: on for sessions of 3+ sites (``shared.secagg_protocol.enabled_by_default``).
+    secure_aggregation: bool | None = None
+    #: None: ceil(2n/3) of the n sites; must exceed n/2.
+    secagg_threshold: int | None = None
+
+
+def _secure_aggregation_config(site_count: int, options: ApprovalOptions) -> dict[str, Any]:
+    """Decide secure aggregation at approval, so a bad threshold is refused before any process starts."""
+    enabled = options.secure_aggregation
+    if enabled is None:
+        enabled = secagg_protocol.enabled_by_default(site_count)
+    if not enabled:
+        return {"secure_aggregation": False}
+    threshold = options.secagg_threshold or secagg_protocol.default_threshold(site_count)
+    return {"secure_aggregation": True,
+            "secagg_threshold": secagg_protocol.check_threshold(threshold, site_count)}
 
 
 @dataclass(frozen=True)
@@ -125,6 +142,7 @@ class SessionManager:
             "learning_rate": options.learning_rate,
             "max_update_norm": options.max_update_norm,
             "model": dict(head.metadata.get("model", {})),
+            **_secure_aggregation_config(len(requests), options),
         }
 
     def _free_port(self) -> int:

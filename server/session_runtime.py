@@ -1,5 +1,8 @@
 """Run one approved session: a Flower gRPC server with ``AdmittedFedProx``, then commit a version.
 
+With the session option ``secure_aggregation`` the strategy is ``SecureFedProx``: the same
+FedProx, but the server only ever sees the weighted sum of the sites' updates.
+
 This is the body of the per-session process (``server.flower_session``); it is importable so
 tests can run a session in-process against a real store and real Flower clients.
 """
@@ -17,7 +20,9 @@ from flwr.server.superlink.fleet.grpc_bidi.grpc_server import start_grpc_server
 from server.admission import AdmissionClientManager
 from server.admitted_fedprox import AdmittedFedProx
 from server.lifecycle import SessionState
+from server.secure_fedprox import SecureFedProx
 from server.store import Store
+from shared import secagg_protocol
 from shared.errors import SessionFailedError
 
 log = logging.getLogger(__name__)
@@ -36,9 +41,14 @@ class SessionOptions:
     join_timeout_s: float
     round_timeout_s: float
     max_update_norm: float
+    secure_aggregation: bool = False
+    secagg_threshold: int | None = None
+    secagg_clip_range: float = secagg_protocol.DEFAULT_CLIP_RANGE
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> SessionOptions:
+        """Sessions stored before secure aggregation existed (no key) run as they were approved."""
+        threshold = config.get("secagg_threshold")
         return cls(
             rounds=int(config["rounds"]),
             proximal_mu=float(config["proximal_mu"]),
@@ -46,6 +56,9 @@ class SessionOptions:
             join_timeout_s=float(config["join_timeout_s"]),
             round_timeout_s=float(config["round_timeout_s"]),
             max_update_norm=float(config["max_update_norm"]),
+            secure_aggregation=bool(config.get("secure_aggregation", False)),
+            secagg_threshold=None if threshold is None else int(threshold),
+            secagg_clip_range=float(config.get("secagg_clip_range", secagg_protocol.DEFAULT_CLIP_RANGE)),
         )
 
 
@@ -113,7 +126,7 @@ def _strategy(store: Store, session_id: int, options: SessionOptions) -> Admitte
         store.audit(actor, "result_dropped", {"round": round_number, "phase": phase,
                                               "from": who, "reason": reason})
 
-    return AdmittedFedProx(
+    common: dict[str, Any] = dict(
         participants=list(session.participants),
         verify_secret=lambda site, secret: store.verify_session_secret(session_id, site, secret),
         initial_weights=store.load_weights(session.base_version),
@@ -127,4 +140,12 @@ def _strategy(store: Store, session_id: int, options: SessionOptions) -> Admitte
         max_update_norm=options.max_update_norm,
         on_round=record_round,
         on_reject=record_rejection,
+    )
+    if not options.secure_aggregation:
+        return AdmittedFedProx(**common)
+    return SecureFedProx(
+        **common,
+        threshold=options.secagg_threshold,
+        clip_range=options.secagg_clip_range,
+        stage_timeout_s=options.round_timeout_s,
     )

@@ -20,8 +20,13 @@ DIGEST_BYTES = 32
 
 
 def new_token() -> str:
-    """A fresh URL-safe token with 256 bits of entropy."""
-    return secrets.token_urlsafe(TOKEN_BYTES)
+    """A fresh URL-safe token with 256 bits of entropy that never starts with '-'.
+
+    A leading dash would make ``--token TOKEN`` on a command line read as an option.
+    """
+    while (token := secrets.token_urlsafe(TOKEN_BYTES)).startswith("-"):
+        pass
+    return token
 
 
 def hash_token(token: str) -> str:

@@ -52,10 +52,14 @@ class _Strict(BaseModel):
 
 
 class DpSpec(_Strict):
-    """Differential-privacy parameters of a request: a target epsilon or a noise multiplier."""
+    """Differential-privacy parameters of a request: a target epsilon or a noise multiplier.
+
+    ``noise_multiplier: 0`` asks for training *without* DP (clipping only, no finite epsilon); the
+    site's own client refuses it unless its profile explicitly opts out of a budget (``allow_no_dp``).
+    """
 
     target_epsilon: Annotated[float, Field(gt=0, le=1000)] | None = None
-    noise_multiplier: Annotated[float, Field(gt=0, le=100)] | None = None
+    noise_multiplier: Annotated[float, Field(ge=0, le=100)] | None = None
     delta: Annotated[float, Field(gt=0, le=1e-2)]
     l2_norm_clip: Annotated[float, Field(gt=0, le=1e4)]
 

@@ -1,0 +1,42 @@
+"""The demo's plumbing: commands map to the real programs, outputs parse, children always stop."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from scripts.demo_processes import Children, CommandFailed, command_line, find
+from server.admin_commands import print_token
+
+
+def test_commands_run_the_real_programs_with_this_interpreter() -> None:
+    assert command_line("fl-history", "versions") == [sys.executable, "-m", "server.history_cli", "versions"]
+    assert command_line("python -m scripts.pretrain_backbone", "--size", "32")[2] == "scripts.pretrain_backbone"
+
+
+def test_the_token_is_found_in_what_fl_server_enrol_prints() -> None:
+    out = io.StringIO()
+    print_token(Console(file=out, width=40), "north", "abc_DEF-123" * 4)
+    assert find(r"token: (\S+)", out.getvalue()) == "abc_DEF-123" * 4
+    with pytest.raises(CommandFailed, match="expected"):
+        find(r"sent (REQ-\d+)", "nothing here")
+
+
+def test_run_returns_output_and_raises_on_failure(tmp_path: Path) -> None:
+    children = Children({"FL_HOME": str(tmp_path / "home")}, tmp_path / "logs", columns=80)
+    assert "fl-history" in children.run("fl-history", "--help")
+    with pytest.raises(CommandFailed, match="no database"):
+        children.run("fl-history", "versions")
+    assert children.running == []
+
+
+def test_stop_all_ends_every_background_child(tmp_path: Path) -> None:
+    children = Children({}, tmp_path / "logs", columns=80)
+    servers = [children.start("python -m http.server", "0", "--bind", "127.0.0.1", log_name=f"http{i}.log")
+               for i in range(2)]
+    children.stop_all()
+    assert all(process.poll() is not None for process in servers) and children.running == []

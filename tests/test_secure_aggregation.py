@@ -1,0 +1,185 @@
+"""Secure aggregation, sites and server in one process: exactness, masking, drop-outs, refusals.
+
+The sites' ``SecureAggregationClient`` and the server's ``SecureAggregationRound`` talk through
+``LoopbackProxy`` (what Flower's ``ClientProxy`` does, minus gRPC), so each test runs in well
+under a second; ``test_secure_session.py`` runs the same protocol over real Flower sessions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from client.secure_aggregation import SecureAggregationClient
+from server.secure_aggregation import SecureAggregationRound
+from server.session_manager import ApprovalOptions, _secure_aggregation_config
+from shared import secagg_protocol as proto
+from shared.errors import ConfigError, ProtocolError, SessionFailedError
+from shared.secagg_masking import encode
+from tests.secagg_fakes import FixedUpdate, LoopbackProxy
+
+SHAPES = [(64, 16), (16,), (16, 4), (4,)]
+CLIP = proto.DEFAULT_CLIP_RANGE
+LEVELS = proto.DEFAULT_LEVELS
+STEP = 2 * CLIP / LEVELS  # one quantisation step: the bound on |secure mean - plain mean|
+
+
+def _updates(count: int, seed: int = 0, scale: float = 0.5) -> dict[str, list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return {f"site{i}": [rng.normal(0, scale, s).astype(np.float32) for s in SHAPES] for i in range(count)}
+
+
+def _run(
+    updates: dict[str, list[np.ndarray]],
+    examples: dict[str, int],
+    *,
+    threshold: int,
+    levels: int = LEVELS,
+    no_vector_from: tuple[str, ...] = (),
+    silent_in_unmask: tuple[str, ...] = (),
+) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
+    """One round: keys, DP-free 'training', masking, unmasking. Returns (mean update, masked vectors)."""
+    global_weights = [np.zeros(s, np.float32) for s in SHAPES]
+    clients = {s: SecureAggregationClient(FixedUpdate(d, examples[s]), site=s) for s, d in updates.items()}
+    proxies = {s: LoopbackProxy(c, (proto.UNMASK,) if s in silent_in_unmask else ()) for s, c in clients.items()}
+    server = SecureAggregationRound(1, proxies, threshold=threshold, clip_range=CLIP, levels=levels, timeout_s=5)
+    relayed = server.exchange_keys()
+    masked = {s: clients[s].fit(global_weights, relayed[s])[0] for s in clients if s not in no_vector_from}
+    return server.unmask(masked, {s: examples[s] for s in masked}), masked
+
+
+def _weighted_mean(updates: dict[str, list[np.ndarray]], examples: dict[str, int]) -> list[np.ndarray]:
+    total = sum(examples[s] for s in updates)
+    return [sum(examples[s] * updates[s][i].astype(np.float64) for s in updates) / total
+            for i in range(len(SHAPES))]
+
+
+def _max_error(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("levels", [1 << 12, LEVELS])
+def test_secure_mean_is_the_weighted_mean_within_one_quantisation_step(levels: int) -> None:
+    updates = _updates(5)
+    examples = {"site0": 120, "site1": 7, "site2": 300, "site3": 45, "site4": 1}
+    mean, _ = _run(updates, examples, threshold=4, levels=levels)
+    error = _max_error(mean, _weighted_mean(updates, examples))
+    assert error <= 2 * CLIP / levels
+    if levels == 1 << 12:  # with coarse levels the error is visible, and of the stated size
+        assert error > 0.05 * 2 * CLIP / levels
+
+
+def test_clipping_to_the_quantisation_range_bounds_each_site_influence() -> None:
+    updates = _updates(3, scale=0.1)
+    updates["site2"] = [np.full(s, 1e6, np.float32) for s in SHAPES]  # an absurd update
+    examples = {"site0": 10, "site1": 10, "site2": 10}
+    mean, _ = _run(updates, examples, threshold=2)
+    clipped = {s: [np.clip(d, -CLIP, CLIP) for d in ds] for s, ds in updates.items()}
+    assert _max_error(mean, _weighted_mean(clipped, examples)) <= STEP
+    assert max(float(np.max(np.abs(m))) for m in mean) <= CLIP
+
+
+def test_what_the_server_receives_from_a_site_is_uniform_noise_in_the_field() -> None:
+    sizes = [int(np.prod(s)) for s in SHAPES]
+    ramp = np.linspace(-3.5, 3.5, sum(sizes))  # a strongly structured update
+    updates = _updates(3, scale=0.1)
+    updates["site0"] = [part.reshape(s) for part, s in zip(np.split(ramp, np.cumsum(sizes)[:-1]), SHAPES)]
+    _, masked = _run(updates, {"site0": 50, "site1": 20, "site2": 30}, threshold=2)
+
+    received = np.concatenate([m.ravel() for m in masked["site0"]])
+    assert received.dtype == np.uint64
+    as_unit = received.astype(np.float64) / 2.0**64
+    assert stats.kstest(as_unit, "uniform").pvalue > 1e-4
+    top_bits = (received >> np.uint64(60)).astype(np.int64)  # 16 equally likely buckets
+    assert stats.chisquare(np.bincount(top_bits, minlength=16)).pvalue > 1e-4
+    assert abs(np.corrcoef(as_unit, ramp)[0, 1]) < 5 / np.sqrt(received.size)
+    # The same statistics see the update at once when it is encoded but not masked: they have power.
+    encoded = np.concatenate([e.ravel() for e in encode(updates["site0"], 50, CLIP, LEVELS)]) / 2.0**64
+    assert stats.kstest(encoded, "uniform").pvalue < 1e-10
+    assert np.corrcoef(encoded, ramp)[0, 1] > 0.99
+
+
+def test_a_site_that_drops_after_sharing_its_keys_is_recovered() -> None:
+    updates = _updates(4)
+    examples = {"site0": 10, "site1": 20, "site2": 30, "site3": 40}
+    mean, masked = _run(updates, examples, threshold=3, no_vector_from=("site1",))
+    assert set(masked) == {"site0", "site2", "site3"}
+    survivors = {s: updates[s] for s in masked}
+    assert _max_error(mean, _weighted_mean(survivors, examples)) <= STEP
+
+
+def test_a_site_that_drops_after_sending_its_vector_still_counts() -> None:
+    updates = _updates(4)
+    examples = {"site0": 10, "site1": 20, "site2": 30, "site3": 40}
+    mean, _ = _run(updates, examples, threshold=3, silent_in_unmask=("site3",))
+    assert _max_error(mean, _weighted_mean(updates, examples)) <= STEP
+
+
+def test_too_many_dropouts_fail_the_round_with_the_numbers() -> None:
+    updates = _updates(4)
+    examples = dict.fromkeys(updates, 10)
+    with pytest.raises(SessionFailedError, match="secure aggregation: only 2 of 4 sites survived masking, threshold 3"):
+        _run(updates, examples, threshold=3, no_vector_from=("site1", "site2"))
+    with pytest.raises(SessionFailedError, match="only 2 of 4 sites survived unmasking, threshold 3"):
+        _run(updates, examples, threshold=3, silent_in_unmask=("site0", "site3"))
+
+
+def _site_after_masking() -> tuple[SecureAggregationClient, dict]:
+    """site0 of a three-site round that has sent its masked vector, ready for ``unmask``."""
+    updates = _updates(3)
+    clients = {s: SecureAggregationClient(FixedUpdate(d, 10), site=s) for s, d in updates.items()}
+    server = SecureAggregationRound(7, {s: LoopbackProxy(c) for s, c in clients.items()},
+                                    threshold=2, clip_range=CLIP, levels=LEVELS, timeout_s=5)
+    relayed = server.exchange_keys()
+    clients["site0"].fit([np.zeros(s, np.float32) for s in SHAPES], relayed["site0"])
+    return clients["site0"], {proto.STAGE: proto.UNMASK, proto.ROUND: 7}
+
+
+def test_a_site_never_reveals_both_secrets_of_one_site() -> None:
+    site, unmask = _site_after_masking()
+    with pytest.raises(ProtocolError, match="inconsistent"):
+        site.get_properties({**unmask, proto.SURVIVORS: "site0,site1", proto.DROPPED: "site1,site2"})
+    reply = SecureAggregationClient(FixedUpdate([], 1), site="x")  # a fresh site refuses stray stages
+    with pytest.raises(ProtocolError, match="unmask of round 7 after unmask of round 0"):
+        reply.get_properties({**unmask, proto.SURVIVORS: "x", proto.DROPPED: ""})
+
+
+def test_a_site_answers_each_stage_once_and_in_order() -> None:
+    site, unmask = _site_after_masking()
+    with pytest.raises(ProtocolError, match="no unused masks"):  # a second vector would leak the difference
+        site.state.mask([np.zeros(s) for s in SHAPES], [np.ones(s) for s in SHAPES], 10)
+    request = {**unmask, proto.SURVIVORS: "site0,site1,site2", proto.DROPPED: ""}
+    assert set(site.get_properties(request)) == {f"{proto.SEED_SHARE}:site{i}" for i in range(3)}
+    with pytest.raises(ProtocolError):
+        site.get_properties(request)
+
+
+def test_thresholds_need_a_majority_of_the_sites() -> None:
+    assert [proto.default_threshold(n) for n in (2, 3, 5, 10)] == [2, 2, 4, 7]
+    with pytest.raises(ConfigError, match="above half"):
+        proto.check_threshold(2, 4)
+    site = SecureAggregationClient(FixedUpdate([], 1), site="a")
+    with pytest.raises(ConfigError):
+        site.get_properties({proto.STAGE: proto.SETUP, proto.ROUND: 1, proto.SITES: "a,b,c,d",
+                             proto.THRESHOLD: 1, proto.CLIP_RANGE: CLIP, proto.LEVELS: LEVELS})
+
+
+def test_a_site_in_a_secure_session_refuses_to_send_plain_weights() -> None:
+    inner = FixedUpdate([np.ones(s, np.float32) for s in SHAPES], 10)
+    site = SecureAggregationClient(inner, site="a", required=True)
+    with pytest.raises(ProtocolError, match="refusing to send plain weights"):
+        site.fit([np.zeros(s, np.float32) for s in SHAPES], {"round": 1})
+    assert inner.fits == 0, "no training (and no privacy spent) for a round it will not answer"
+    assert len(SecureAggregationClient(inner, site="a").fit([np.zeros(s) for s in SHAPES], {})[0]) == 4
+
+
+def test_approval_turns_secure_aggregation_on_for_three_sites_or_more() -> None:
+    config = _secure_aggregation_config
+    assert config(2, ApprovalOptions()) == {"secure_aggregation": False}
+    assert config(3, ApprovalOptions()) == {"secure_aggregation": True, "secagg_threshold": 2}
+    assert config(5, ApprovalOptions(secagg_threshold=5)) == {"secure_aggregation": True, "secagg_threshold": 5}
+    assert config(2, ApprovalOptions(secure_aggregation=True))["secure_aggregation"] is True
+    assert config(9, ApprovalOptions(secure_aggregation=False)) == {"secure_aggregation": False}
+    with pytest.raises(ConfigError, match="above half"):
+        config(6, ApprovalOptions(secagg_threshold=3))
