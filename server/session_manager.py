@@ -90,6 +90,7 @@ class SessionManager:
         self.poll_interval_s = poll_interval_s
         self._processes: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
+        self._reaping = threading.Lock()
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self.log_dir = settings.home / "sessions"
@@ -223,17 +224,18 @@ class SessionManager:
         Covers both the processes this manager spawned and those another process spawned
         (``fl-server approve`` from a shell), which are found through their pid in the store.
         """
-        with self._lock:
-            exited = {sid: p for sid, p in self._processes.items() if p.poll() is not None}
-            for sid in exited:
-                del self._processes[sid]
-            own = set(self._processes)
-        events = [self._settle(sid, proc.returncode) for sid, proc in exited.items()]
-        events += [
-            self._settle(s.id, None)
-            for s in self.store.list_sessions(states=[SessionState.RUNNING])
-            if s.id not in own and s.id not in exited and not session_process_alive(s.pid)
-        ]
+        with self._reaping:  # the watcher and wait() both reap: one settles, with the exit code
+            with self._lock:
+                exited = {sid: p for sid, p in self._processes.items() if p.poll() is not None}
+                for sid in exited:
+                    del self._processes[sid]
+                own = set(self._processes)
+            events = [self._settle(sid, proc.returncode) for sid, proc in exited.items()]
+            events += [
+                self._settle(s.id, None)
+                for s in self.store.list_sessions(states=[SessionState.RUNNING])
+                if s.id not in own and s.id not in exited and not session_process_alive(s.pid)
+            ]
         for event in events:
             self.on_event(event)
         return events
