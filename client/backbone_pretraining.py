@@ -275,6 +275,7 @@ def save_backbone_weights(backbone: tf.keras.Model, out: Path) -> tuple[str, int
     os.close(handle)
     try:
         backbone.save_weights(temporary)  # the .h5 suffix selects the HDF5 format
+        os.chmod(temporary, 0o644)  # mkstemp makes it owner-only; the server and sites read it
         payload = Path(temporary).read_bytes()
         os.replace(temporary, out)
     except BaseException:
