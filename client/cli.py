@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     setup_parser.add_argument("--budget-epsilon", type=float, default=10.0)
     setup_parser.add_argument("--budget-delta", type=float, default=1e-5)
     setup_parser.add_argument("--backbone-weights", type=Path, help="local ResNet50 weights file (.h5)")
+    setup_parser.add_argument("--tls-ca", type=Path, help="the federation's ca.pem when the server uses TLS")
 
     request = commands.add_parser("request", help="send a training request")
     request.add_argument("--rounds", type=int, default=3)

@@ -90,4 +90,8 @@ def join_session(
     secure = SecureAggregationClient(
         client, site=profile.site, required=bool(ticket.config.get("secure_aggregation"))
     )
-    start_client(server_address=f"{ticket.host}:{ticket.port}", client=secure.to_client(), insecure=True)
+    start_client(
+        server_address=f"{ticket.host}:{ticket.port}",
+        client=secure.to_client(),
+        **({"root_certificates": profile.tls_ca.read_bytes()} if profile.tls_ca else {"insecure": True}),
+    )

@@ -45,7 +45,8 @@ def setup_site(settings: Settings, **fields: Any) -> SiteProfile:
 
 
 def connect(profile: SiteProfile, *, timeout: float = 30.0) -> SiteConnection:
-    return SiteConnection(profile.server_host, profile.server_port, profile.site, profile.token, timeout=timeout)
+    return SiteConnection(profile.server_host, profile.server_port, profile.site, profile.token, timeout=timeout,
+                          tls_ca=profile.tls_ca)
 
 
 def dataset_summary(profile: SiteProfile) -> DatasetScan:

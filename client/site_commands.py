@@ -35,7 +35,8 @@ def setup(args: argparse.Namespace, settings: Settings) -> int:
     host, port = parse_server(args.server)
     profile = site_actions.setup_site(
         settings, site=args.site, token=args.token, data_root=args.data, server_host=host, server_port=port,
-        budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta, backbone_weights=args.backbone_weights)
+        budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta, backbone_weights=args.backbone_weights,
+        tls_ca=args.tls_ca)
     print_setup(console, profile)
     return 0
 

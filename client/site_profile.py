@@ -32,6 +32,8 @@ class SiteProfile(BaseModel):
     budget_epsilon: float = Field(10.0, gt=0)
     budget_delta: float = Field(1e-5, gt=0, lt=1)
     backbone_weights: Path | None = None
+    #: The federation's CA certificate (ca.pem) when the server uses TLS; None means plain TCP.
+    tls_ca: Path | None = None
     #: Research/benchmark sites only: allow requests with noise_multiplier 0 (no DP, epsilon = inf).
     #: Such a run is still recorded in the ledger, which then reports an infinite total for good.
     allow_no_dp: bool = False

@@ -89,3 +89,50 @@ def test_make_certs_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureF
     assert make_certs_main(["--out", str(tmp_path), "--force", "--ip", "10.0.0.5"]) == 0
     assert "FL_TLS_CERT=" in capsys.readouterr().out
     assert (tmp_path / "server.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_flower_session_over_tls_refuses_a_site_trusting_another_ca(tmp_path: Path, certs) -> None:
+    import threading
+
+    import numpy as np
+
+    from server.session_runtime import run_session
+    from shared.errors import SessionFailedError
+    from shared.tls import flower_certificates
+    from tests.flower_fakes import ScriptedClient, free_port, run_in_thread
+
+    store = Store.open(load_settings(home=tmp_path / "home"))
+    store.ensure_initial_version([np.zeros((3, 2), np.float32)], metadata={"model": {}})
+    store.enrol_site("north")
+    store.enrol_site("south")
+    ids = [store.submit_request(s, rounds=1, local_epochs=1, dp=DP).id for s in ("north", "south")]
+    config = {"rounds": 1, "proximal_mu": 0.0, "min_clients": 1, "join_timeout_s": 8, "round_timeout_s": 30,
+              "max_update_norm": 100.0, "local_epochs": 1, "batch_size": 4, "learning_rate": 0.1,
+              "secure_aggregation": False}
+    session = store.create_session(ids, config=config)
+    port = free_port()
+    store.mark_session_running(session.id, port=port, pid=1)
+    outcome: dict = {}
+
+    def serve() -> None:
+        try:
+            outcome["version"] = run_session(store, session.id, port=port, host="127.0.0.1",
+                                             certificates=flower_certificates(certs.ca_cert, certs.server_cert,
+                                                                              certs.server_key))
+        except SessionFailedError as exc:
+            outcome["error"] = exc
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    trusted = ScriptedClient("north", store.session_secret(session.id, "north"), 5, lambda ws: [w + 1 for w in ws])
+    other_ca = make_certs(tmp_path / "other", hosts=[], ips=[]).ca_cert.read_bytes()
+    untrusting = ScriptedClient("south", store.session_secret(session.id, "south"), 5, lambda ws: ws)
+    run_in_thread(port, trusted, root_certificates=certs.ca_cert.read_bytes())
+    run_in_thread(port, untrusting, root_certificates=other_ca)
+    server.join(timeout=60)
+    store.close()
+
+    # north joined over TLS; south, trusting another CA, never completed the handshake.
+    assert "only 1 of 2 site(s) connected" in str(outcome.get("error")), outcome
+    assert "missing: south" in str(outcome["error"])
+    assert untrusting.configs == []
