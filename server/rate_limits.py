@@ -20,7 +20,7 @@ from shared.errors import ServerBusy
 class RequestRateLimits:
     """Moving-window limits such as ``"200/second"`` (the ``limits`` library's notation)."""
 
-    def __init__(self, *, per_connection: str = "200/second", per_site: str = "500/second") -> None:
+    def __init__(self, *, per_connection: str = "500/second", per_site: str = "2000/second") -> None:
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
         self._per_connection: RateLimitItem = parse(per_connection)
         self._per_site: RateLimitItem = parse(per_site)
