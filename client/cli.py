@@ -12,6 +12,7 @@ from pathlib import Path
 
 from client.site_commands import COMMANDS, console, setup
 from client.site_profile import load_profile
+from shared.cli_types import version_number
 from shared.errors import FLError
 from shared.logging_setup import configure_logging
 from shared.settings import load_settings
@@ -54,21 +55,15 @@ def _parser() -> argparse.ArgumentParser:
     notes.add_argument("--unread", action="store_true")
     commands.add_parser("updates", help="model versions available to this site")
     accept = commands.add_parser("accept", help="download, verify and save a model version")
-    accept.add_argument("version", type=_version, help="e.g. v1 or 1")
+    accept.add_argument("version", type=version_number, help="e.g. v1 or 1")
     evaluate = commands.add_parser("evaluate", help="accuracy and confusion matrix of an accepted version")
-    evaluate.add_argument("version", type=_version, help="e.g. v1 or 1")
+    evaluate.add_argument("version", type=version_number, help="e.g. v1 or 1")
     commands.add_parser("dataset", help="local dataset summary")
     commands.add_parser("privacy", help="privacy spent (composed) versus budget")
     commands.add_parser("log", help="versions this site accepted")
     return parser
 
 
-def _version(text: str) -> int:
-    """``v3`` or ``3``."""
-    try:
-        return int(text.lower().removeprefix("v"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a version: {text!r} (use e.g. v3 or 3)") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from server.admin_commands import COMMANDS, console
 from server.store import Store
+from shared.cli_types import version_number
 from shared.errors import FLError
 from shared.logging_setup import configure_logging
 from shared.settings import load_settings
@@ -68,11 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("stats", help="per-site and per-version statistics")
 
     commands.add_parser("versions", help="model versions")
-    commands.add_parser("version", help="one version's lineage, rounds, privacy").add_argument("number", type=_version)
+    commands.add_parser("version", help="one version's lineage, rounds, privacy").add_argument("number", type=version_number)
     export = commands.add_parser("export", help="release a version to sites")
-    export.add_argument("number", type=_version)
+    export.add_argument("number", type=version_number)
     export.add_argument("--sites", required=True, help="comma-separated site names")
-    commands.add_parser("rollback", help="make an older version the head again").add_argument("number", type=_version)
+    commands.add_parser("rollback", help="make an older version the head again").add_argument("number", type=version_number)
     cleanup = commands.add_parser("cleanup", help="delete old weight files (dry run unless --yes)")
     cleanup.add_argument("--keep", type=int, default=5)
     cleanup.add_argument("--yes", action="store_true")
@@ -87,12 +88,6 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, help="local ResNet50 weights file; default none")
 
 
-def _version(text: str) -> int:
-    """``v3`` or ``3``."""
-    try:
-        return int(text.lower().removeprefix("v"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a version: {text!r} (use e.g. v3 or 3)") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,17 +13,12 @@ from pathlib import Path
 from server.history_commands import COMMANDS
 from server.history_export import FORMATS
 from server.store import Store
+from shared.cli_types import version_number
 from shared.errors import FLError
 from shared.settings import load_settings
 from shared.terminal import make_console, print_error
 
 
-def _version(text: str) -> int:
-    """``v3`` or ``3``."""
-    try:
-        return int(text.lower().removeprefix("v"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a version: {text!r} (use e.g. v3 or 3)") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,12 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("versions", help="every version with its accuracy")
     commands.add_parser("lineage", help="the version tree; merges with their weights")
-    commands.add_parser("show", help="one version: lineage, rounds, privacy").add_argument("number", type=_version)
+    commands.add_parser("show", help="one version: lineage, rounds, privacy").add_argument("number", type=version_number)
     commands.add_parser("rounds", help="per-round metrics of a version's session").add_argument(
-        "number", type=_version)
+        "number", type=version_number)
     compare = commands.add_parser("compare", help="metrics, participants, privacy, L2 distance of two versions")
-    compare.add_argument("a", type=_version)
-    compare.add_argument("b", type=_version)
+    compare.add_argument("a", type=version_number)
+    compare.add_argument("b", type=version_number)
     commands.add_parser("sites", help="per-site contribution and epsilon over time")
     export = commands.add_parser("export", help="versions, rounds, sites as CSV or JSON files")
     export.add_argument("--format", choices=FORMATS, default="csv")
