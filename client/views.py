@@ -13,22 +13,12 @@ from rich.table import Table
 from client.evaluation import Evaluation
 from shared import protocol
 from shared.dataset_layout import CLASS_NAMES, DatasetScan
+from shared.terminal import narrow_table
 
-
-#: Short cells that read badly when broken; every other column folds.
-_NO_WRAP = {"req", "ver", "kind", "state", "sess", "rnd", "ep", "round", "decided", "when", "sha256"}
-
-
-def _table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Table:
-    table = Table(title=title, title_justify="left", expand=False, pad_edge=False)
-    for column in columns:
-        table.add_column(column, overflow="fold", no_wrap=column in _NO_WRAP,
-                         justify="right" if column in right else "left")
-    return table
 
 
 def requests_table(requests: list[protocol.RequestView]) -> Table:
-    table = _table("My training requests", "req", "state", "rnd", "ep", "privacy", "sess", "decided",
+    table = narrow_table("My training requests", "req", "state", "rnd", "ep", "privacy", "sess", "decided",
                    "reason / note")
     for r in requests:
         table.add_row(r.label, r.state, str(r.rounds), str(r.local_epochs), dp_text(r.dp),
@@ -43,14 +33,14 @@ def dp_text(dp: dict[str, Any]) -> str:
 
 
 def notifications_table(notes: list[protocol.NotificationView]) -> Table:
-    table = _table("Notifications", "id", "when", "kind", "message", "read")
+    table = narrow_table("Notifications", "id", "when", "kind", "message", "read")
     for n in notes:
         table.add_row(str(n.id), n.created_at.strftime("%m-%d %H:%M"), n.kind, n.message, "yes" if n.read_at else "")
     return table
 
 
 def versions_table(versions: list[protocol.VersionView]) -> Table:
-    table = _table("Model updates available to this site", "ver", "kind", "from", "rnd", "sites", "val. acc",
+    table = narrow_table("Model updates available to this site", "ver", "kind", "from", "rnd", "sites", "val. acc",
                    "sha256")
     for v in versions:
         accuracy = v.metrics.get("evaluate", {}).get("accuracy")
@@ -60,7 +50,7 @@ def versions_table(versions: list[protocol.VersionView]) -> Table:
 
 
 def dataset_table(scan: DatasetScan) -> Table:
-    table = _table(f"Local dataset {scan.root}", "class", "images", right=("images",))
+    table = narrow_table(f"Local dataset {scan.root}", "class", "images", right=("images",))
     for name in CLASS_NAMES:
         table.add_row(name, str(scan.counts[name]))
     table.add_row("[bold]total", f"[bold]{scan.total}")
@@ -68,21 +58,21 @@ def dataset_table(scan: DatasetScan) -> Table:
 
 
 def skipped_table(scan: DatasetScan) -> Table:
-    table = _table(f"Skipped files ({len(scan.skipped)})", "file", "why")
+    table = narrow_table(f"Skipped files ({len(scan.skipped)})", "file", "why")
     for skipped in scan.skipped:
         table.add_row(str(skipped.path), skipped.reason)
     return table
 
 
 def privacy_table(status: dict[str, float]) -> Table:
-    table = _table(f"Privacy budget (delta {status['delta']:g}, all runs composed)", "spent epsilon", "budget",
+    table = narrow_table(f"Privacy budget (delta {status['delta']:g}, all runs composed)", "spent epsilon", "budget",
                    "remaining", right=("spent epsilon", "budget", "remaining"))
     table.add_row(f"{status['spent']:.3f}", f"{status['budget']:.3f}", f"{status['remaining']:.3f}")
     return table
 
 
 def version_log_table(entries: list[dict[str, Any]]) -> Table:
-    table = _table("Accepted versions", "ver", "accepted", "model file", "sha256")
+    table = narrow_table("Accepted versions", "ver", "accepted", "model file", "sha256")
     for e in entries:
         table.add_row(f"v{e['version']}", e["accepted_at"], e["h5"], e["sha256"][:12])
     return table
@@ -90,7 +80,7 @@ def version_log_table(entries: list[dict[str, Any]]) -> Table:
 
 def evaluation_view(result: Evaluation) -> Group:
     """Accuracy, then the confusion matrix with each class's recall."""
-    matrix = _table(f"v{result.version} on {result.examples} local images: accuracy {result.accuracy:.1%}",
+    matrix = narrow_table(f"v{result.version} on {result.examples} local images: accuracy {result.accuracy:.1%}",
                     "true \\ predicted", *CLASS_NAMES, "recall", right=(*CLASS_NAMES, "recall"))
     for index, (name, row) in enumerate(zip(CLASS_NAMES, result.confusion)):
         recall = result.recall(index)

@@ -15,18 +15,8 @@ from rich.tree import Tree
 from server.admin_actions import SessionProgress, VersionDetails
 from server.admin_statistics import Statistics
 from server.records import CleanupReport, RequestInfo, RoundInfo, SessionInfo, SiteInfo, VersionInfo
+from shared.terminal import narrow_table
 
-
-#: Short cells that read badly when broken; every other column folds.
-_NO_WRAP = {"req", "ver", "kind", "state", "sess", "rnd", "ep", "round", "decided", "when", "sha256"}
-
-
-def _table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Table:
-    table = Table(title=title, title_justify="left", expand=False, pad_edge=False)
-    for column in columns:
-        table.add_column(column, overflow="fold", no_wrap=column in _NO_WRAP,
-                         justify="right" if column in right else "left")
-    return table
 
 
 def _when(value: Any) -> str:
@@ -43,7 +33,7 @@ def dp_text(dp: dict[str, Any]) -> str:
 
 
 def requests_table(requests: list[RequestInfo], title: str = "Training requests") -> Table:
-    table = _table(title, "req", "site", "state", "rnd", "ep", "privacy", "sess", "decided", "note / reason")
+    table = narrow_table(title, "req", "site", "state", "rnd", "ep", "privacy", "sess", "decided", "note / reason")
     for r in requests:
         table.add_row(r.label, r.site, r.state.value, str(r.rounds), str(r.local_epochs), dp_text(r.dp),
                       str(r.session_id or ""), _when(r.decided_at), r.reason or r.note)
@@ -55,7 +45,7 @@ def _evaluated(rounds: list[RoundInfo]) -> list[RoundInfo]:
 
 
 def sessions_table(progress: list[SessionProgress], title: str = "Sessions") -> Table:
-    table = _table(title, "sess", "state", "sites", "port", "round", "acc", "from", "result", "reason")
+    table = narrow_table(title, "sess", "state", "sites", "port", "round", "acc", "from", "result", "reason")
     for p in progress:
         s, done = p.session, _evaluated(p.rounds)
         table.add_row(str(s.id), s.state.value, ", ".join(s.participants), str(s.port or ""),
@@ -67,7 +57,7 @@ def sessions_table(progress: list[SessionProgress], title: str = "Sessions") -> 
 
 def live_sessions_table(progress: list[SessionProgress]) -> Table:
     """Active sessions: round k of n, who takes part and the last metrics, for the live display."""
-    table = _table("Active sessions (any key or Ctrl-C returns)", "sess", "state", "round", "sites",
+    table = narrow_table("Active sessions (any key or Ctrl-C returns)", "sess", "state", "round", "sites",
                    "last fit loss", "last val. acc", "running for")
     for p in progress:
         s = p.session
@@ -97,7 +87,7 @@ def history_view(requests: list[RequestInfo], sessions: list[SessionProgress]) -
 
 def versions_table(versions: list[VersionInfo]) -> Table:
     """One row per version; merge weights and dates are in the details (lineage tree)."""
-    table = _table("Model versions", "ver", "kind", "from", "sess", "sites", "rnd", "val. acc", "released to",
+    table = narrow_table("Model versions", "ver", "kind", "from", "sess", "sites", "rnd", "val. acc", "released to",
                    "sha256")
     for v in versions:
         table.add_row(v.label + ("" if v.has_weights else " pruned"), v.kind, ", ".join(f"v{p}" for p in v.parents),
@@ -123,7 +113,7 @@ def lineage_tree(versions: list[VersionInfo], highlight: int | None = None) -> T
 
 
 def rounds_table(rounds: list[RoundInfo], title: str = "Per-round metrics") -> Table:
-    table = _table(title, "round", "phase", "loss", "acc", "examples", "sites", right=("loss", "acc", "examples"))
+    table = narrow_table(title, "round", "phase", "loss", "acc", "examples", "sites", right=("loss", "acc", "examples"))
     for r in rounds:
         m = r.metrics
         table.add_row(str(r.round_number), r.phase, f"{m.get('loss', float('nan')):.4f}",
@@ -132,7 +122,7 @@ def rounds_table(rounds: list[RoundInfo], title: str = "Per-round metrics") -> T
 
 
 def privacy_table(dp_summary: dict[str, Any], title: str = "Privacy reported by the sites") -> Table:
-    table = _table(title, "site", "epsilon (session)", "delta", "noise mult.", "examples")
+    table = narrow_table(title, "site", "epsilon (session)", "delta", "noise mult.", "examples")
     for site, report in sorted(dp_summary.items()):
         table.add_row(site, f"{report.get('epsilon', float('nan')):.3f}", f"{report.get('delta', 0):g}",
                       f"{report.get('noise_multiplier', float('nan')):.3f}", str(report.get("examples", "")))
@@ -156,12 +146,12 @@ def version_details_view(details: VersionDetails) -> Group:
 def statistics_view(stats: Statistics) -> Group:
     """Per site (max eps: largest one-session spend; eps total: the site's latest composed total)
     and per version."""
-    sites = _table("Per site", "site", "requests", "done", "rejected", "sessions", "examples",
+    sites = narrow_table("Per site", "site", "requests", "done", "rejected", "sessions", "examples",
                    "max eps", "eps total", right=("requests", "done", "rejected", "sessions", "examples"))
     for s in stats.sites:
         sites.add_row(s.site, str(s.requests), str(s.completed), str(s.rejected), str(s.sessions), str(s.examples),
                       _eps(s.max_session_epsilon), _eps(s.latest_total_epsilon))
-    versions = _table("Per version", "ver", "kind", "sites", "examples", "val. acc", "val. loss",
+    versions = narrow_table("Per version", "ver", "kind", "sites", "examples", "val. acc", "val. loss",
                       right=("sites", "examples"))
     for v in stats.versions:
         versions.add_row(v.label, v.kind, str(v.sites), str(v.examples), _percent(v.accuracy),
@@ -174,7 +164,7 @@ def _eps(value: float | None) -> str:
 
 
 def sites_table(sites: list[SiteInfo]) -> Table:
-    table = _table("Sites", "site", "enabled", "budget eps", "delta", "enrolled")
+    table = narrow_table("Sites", "site", "enabled", "budget eps", "delta", "enrolled")
     for s in sites:
         table.add_row(s.name, "yes" if s.enabled else "no", f"{s.budget_epsilon:g}", f"{s.budget_delta:g}",
                       _when(s.created_at))
@@ -183,7 +173,7 @@ def sites_table(sites: list[SiteInfo]) -> Table:
 
 def cleanup_table(report: CleanupReport) -> Table:
     verb = "would free" if report.dry_run else "freed"
-    table = _table(f"Clean-up {verb} {report.freed_bytes / 1e6:.2f} MB", "kept", "removed", "orphan files")
+    table = narrow_table(f"Clean-up {verb} {report.freed_bytes / 1e6:.2f} MB", "kept", "removed", "orphan files")
     table.add_row(", ".join(f"v{n}" for n in report.kept), ", ".join(f"v{n}" for n in report.removed),
                   str(len(report.orphans)))
     return table

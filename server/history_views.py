@@ -10,13 +10,7 @@ from rich.table import Table
 
 from server.history_queries import RoundRow, SiteContribution, VersionComparison
 from server.records import VersionInfo
-
-
-def _table(title: str, *columns: str) -> Table:
-    table = Table(title=title, title_justify="left", pad_edge=False)
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    return table
+from shared.terminal import narrow_table
 
 
 def _num(value: float | None, fmt: str = ".4f") -> str:
@@ -33,7 +27,7 @@ def _eps(value: float | None) -> str:
 
 
 def round_rows_table(rows: list[RoundRow], title: str) -> Table:
-    table = _table(title, "ver", "sess", "round", "phase", "loss", "acc", "examples", "sites")
+    table = narrow_table(title, "ver", "sess", "round", "phase", "loss", "acc", "examples", "sites")
     for r in rows:
         table.add_row(f"v{r.version}", str(r.session_id), str(r.round_number), r.phase, _num(r.loss),
                       _pct(r.accuracy), "" if r.examples is None else str(r.examples), ", ".join(r.sites))
@@ -43,7 +37,7 @@ def round_rows_table(rows: list[RoundRow], title: str) -> Table:
 def comparison_view(c: VersionComparison) -> Group:
     """Metrics with their change, who took part in which, privacy of each, and the weight distance."""
     a, b = c.a.label, c.b.label
-    metrics = _table(f"Compare {a} and {b}", "metric", a, b, "change")
+    metrics = narrow_table(f"Compare {a} and {b}", "metric", a, b, "change")
     for d in c.metrics:
         change = "" if d.change is None else f"{d.change:+.4f}"
         metrics.add_row(d.name, _num(d.a), _num(d.b), change)
@@ -51,7 +45,7 @@ def comparison_view(c: VersionComparison) -> Group:
     metrics.add_row("parents", _parents(c.a), _parents(c.b), "")
     people = (f"participants: both {', '.join(c.both) or '-'}; only {a}: {', '.join(c.only_a) or '-'}; "
               f"only {b}: {', '.join(c.only_b) or '-'}")
-    privacy = _table("Privacy reported per site (epsilon of that session)", "site", a, b)
+    privacy = narrow_table("Privacy reported per site (epsilon of that session)", "site", a, b)
     for site in sorted(set(c.a.dp_summary) | set(c.b.dp_summary)):
         privacy.add_row(site, _site_eps(c.a, site), _site_eps(c.b, site))
     if c.l2_distance is None:
@@ -73,7 +67,7 @@ def _site_eps(v: VersionInfo, site: str) -> str:
 
 def sites_view(contributions: list[SiteContribution]) -> Table:
     """Per site: sessions, versions, examples, and the latest composed epsilon it reported."""
-    table = _table("Per-site contribution and privacy", "site", "sessions", "versions", "examples",
+    table = narrow_table("Per-site contribution and privacy", "site", "sessions", "versions", "examples",
                    "reports", "eps total (latest)")
     for c in contributions:
         total = "inf (no DP)" if c.without_dp else _num(c.latest_total_epsilon, ".3f")
@@ -84,7 +78,7 @@ def sites_view(contributions: list[SiteContribution]) -> Table:
 
 def epsilon_timeline_table(contributions: list[SiteContribution]) -> Table:
     """Every privacy report, oldest first: the numbers behind the epsilon plot."""
-    table = _table("Epsilon reported over time", "when", "site", "sess", "round", "eps session", "eps total")
+    table = narrow_table("Epsilon reported over time", "when", "site", "sess", "round", "eps session", "eps total")
     points = sorted((p for c in contributions for p in c.points), key=lambda p: p.recorded_at)
     for p in points:
         table.add_row(f"{p.recorded_at:%m-%d %H:%M:%S}", p.site, str(p.session_id), str(p.round_number),

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.table import Table
 
 from shared.errors import FLError
+
+#: Short cells that read badly when broken; every other column folds.
+_NO_WRAP = {"req", "ver", "kind", "state", "sess", "rnd", "ep", "round", "decided", "when", "sha256"}
 
 
 def make_console() -> Console:
@@ -17,3 +21,12 @@ def print_error(console: Console, error: FLError) -> None:
     console.print(f"[red]error:[/] {error}", markup=True)
     if error.hint:
         console.print(f"[yellow]hint:[/] {error.hint}")
+
+
+def narrow_table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Table:
+    """A table whose long cells fold, so it stays readable in an 80-column pipe."""
+    table = Table(title=title, title_justify="left", expand=False, pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold", no_wrap=column in _NO_WRAP,
+                         justify="right" if column in right else "left")
+    return table
