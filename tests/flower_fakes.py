@@ -55,3 +55,21 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def serve_session(store, session_id: int, port: int, **options) -> dict:
+    """Run ``run_session`` in a thread; the dict gets "thread", then "version" or "error"."""
+    from server.session_runtime import run_session
+    from shared.errors import SessionFailedError
+
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["version"] = run_session(store, session_id, port=port, **options)
+        except SessionFailedError as exc:
+            outcome["error"] = exc
+
+    outcome["thread"] = threading.Thread(target=target, daemon=True)
+    outcome["thread"].start()
+    return outcome

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,12 +15,11 @@ import numpy as np
 import pytest
 
 from server.lifecycle import RequestState, SessionState
-from server.session_runtime import run_session
 from server.store import Store
 from shared.errors import SessionFailedError
 from shared.listening import wait_until_listening
 from shared.settings import Settings, load_settings
-from tests.flower_fakes import ScriptedClient, free_port, run_in_thread
+from tests.flower_fakes import ScriptedClient, free_port, run_in_thread, serve_session
 
 pytestmark = pytest.mark.slow
 
@@ -126,16 +124,7 @@ def _session_with_a_killed_client(store: Store, min_clients: int, marker: Path) 
     session = store.create_session([1, second], config=config)
     port = free_port()
     store.mark_session_running(session.id, port=port, pid=os.getpid())
-    outcome: dict = {}
-
-    def serve() -> None:
-        try:
-            outcome["version"] = run_session(store, session.id, port=port)
-        except SessionFailedError as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    outcome = serve_session(store, session.id, port)
     run_in_thread(port, ScriptedClient("north", store.session_secret(session.id, "north"), 10,
                                        lambda ws: [w + 1.0 for w in ws]))
     doomed = subprocess.Popen([sys.executable, "-m", "tests.crash_workers", "client", str(port), "south",
@@ -146,7 +135,7 @@ def _session_with_a_killed_client(store: Store, min_clients: int, marker: Path) 
     assert marker.exists(), "south never started its fit"
     doomed.kill()  # mid-round: south is inside its 30 s fit
     doomed.wait()
-    thread.join(timeout=120)
+    outcome["thread"].join(timeout=120)
     return outcome, session.id
 
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pytest
 
 from server.lifecycle import SessionState
-from server.session_runtime import run_session
 from server.store import Store
 from server.update_validation import update_problem
 from shared.errors import SessionFailedError
-from tests.flower_fakes import ScriptedClient, free_port, run_in_thread
+from tests.flower_fakes import ScriptedClient, free_port, run_in_thread, serve_session
 
 pytestmark = pytest.mark.slow
 
@@ -37,22 +35,13 @@ def test_poisoned_update_is_dropped_logged_and_the_rest_is_averaged(store: Store
     session = store.create_session(ids, config=config)
     port = free_port()
     store.mark_session_running(session.id, port=port, pid=1)
-    outcome: dict = {}
-
-    def serve() -> None:
-        try:
-            outcome["version"] = run_session(store, session.id, port=port)
-        except SessionFailedError as exc:
-            outcome["error"] = exc
-
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
+    outcome = serve_session(store, session.id, port)
     honest = [ScriptedClient(s, store.session_secret(session.id, s), 10, lambda ws, d=d: [w + d for w in ws])
               for s, d in (("alpha", 1.0), ("beta", 3.0))]
     attacker = ScriptedClient("gamma", store.session_secret(session.id, "gamma"), 1000, POISONS[poison])
     for client in (*honest, attacker):
         run_in_thread(port, client)
-    server.join(timeout=120)
+    outcome["thread"].join(timeout=120)
 
     assert outcome.get("version") == 1, outcome
     np.testing.assert_allclose(store.load_weights(1)[0], np.full((6, 4), 2.0))  # (1 + 3) / 2, gamma ignored

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pytest
 
 from server.lifecycle import SessionState
-from server.session_runtime import run_session
 from server.store import Store
 from shared.errors import SessionFailedError
-from tests.flower_fakes import ScriptedClient, free_port, run_in_thread
+from tests.flower_fakes import ScriptedClient, free_port, run_in_thread, serve_session
 
 pytestmark = pytest.mark.slow
 
@@ -34,24 +32,9 @@ def _shift(by: float):
     return lambda weights: [w + by for w in weights]
 
 
-def _serve(store: Store, session_id: int, port: int) -> dict:
-    outcome: dict = {}
-
-    def target() -> None:
-        try:
-            outcome["version"] = run_session(store, session_id, port=port)
-        except SessionFailedError as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    outcome["thread"] = thread
-    return outcome
-
-
 def test_joint_session_commits_weighted_fedprox_average(store: Store, sites: dict[str, str]) -> None:
     session_id, port = _session(store, ["alpha", "beta"])
-    outcome = _serve(store, session_id, port)
+    outcome = serve_session(store, session_id, port)
     alpha = ScriptedClient("alpha", store.session_secret(session_id, "alpha"), 30, _shift(1.0))
     beta = ScriptedClient("beta", store.session_secret(session_id, "beta"), 10, _shift(-1.0))
     clients = [run_in_thread(port, c) for c in (alpha, beta)]
@@ -77,7 +60,7 @@ def test_joint_session_commits_weighted_fedprox_average(store: Store, sites: dic
 
 def test_result_without_the_session_secret_is_dropped(store: Store, sites: dict[str, str]) -> None:
     session_id, port = _session(store, ["alpha"], rounds=1)
-    outcome = _serve(store, session_id, port)
+    outcome = serve_session(store, session_id, port)
     honest = ScriptedClient("alpha", store.session_secret(session_id, "alpha"), 10, _shift(1.0))
     intruder = ScriptedClient("alpha", "guessed-secret", 1000, _shift(50.0))
     threads = [run_in_thread(port, c) for c in (honest, intruder)]
@@ -93,7 +76,7 @@ def test_result_without_the_session_secret_is_dropped(store: Store, sites: dict[
 
 def test_nan_update_fails_a_round_that_needs_every_site(store: Store, sites: dict[str, str]) -> None:
     session_id, port = _session(store, ["alpha", "beta"], rounds=1)
-    outcome = _serve(store, session_id, port)
+    outcome = serve_session(store, session_id, port)
     good = ScriptedClient("alpha", store.session_secret(session_id, "alpha"), 10, _shift(1.0))
     broken = ScriptedClient("beta", store.session_secret(session_id, "beta"), 10,
                             lambda ws: [w * np.nan for w in ws])
@@ -111,7 +94,7 @@ def test_nan_update_fails_a_round_that_needs_every_site(store: Store, sites: dic
 
 def test_sites_that_never_connect_fail_the_session_with_a_reason(store: Store, sites: dict[str, str]) -> None:
     session_id, port = _session(store, ["alpha", "beta"], join_timeout_s=2)
-    outcome = _serve(store, session_id, port)
+    outcome = serve_session(store, session_id, port)
     run_in_thread(port, ScriptedClient("alpha", store.session_secret(session_id, "alpha"), 10, _shift(1.0)))
     outcome["thread"].join(timeout=60)
 
