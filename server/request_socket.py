@@ -152,13 +152,13 @@ class RequestServer:
         peer = writer.get_extra_info("peername")
         if len(self._connections) >= self._max_connections:
             log.warning("refusing %s: already %d connections", peer, len(self._connections))
-            reply = p.error_reply(
-                None,
+            await self._close(
+                reader,
+                writer,
                 "rate_limited",
                 f"the server is at its limit of {self._max_connections} connections",
                 "Try again in a few seconds.",
             )
-            await self._close(reader, writer, p.encode_frame(reply))
             return
         task = asyncio.current_task()
         assert task is not None
@@ -188,18 +188,17 @@ class RequestServer:
                 )
             except asyncio.TimeoutError:
                 log.warning("closing %s: no complete frame within %.0f s", peer, self._frame_timeout)
-                reply = p.error_reply(
-                    None,
+                await self._close(
+                    reader,
+                    writer,
                     "protocol",
                     f"no complete frame within {self._frame_timeout:g} s; closing",
                     "Reconnect and send whole frames.",
                 )
-                await self._close(reader, writer, p.encode_frame(reply))
                 return
             except FramingError as exc:
                 log.warning("closing %s: %s", peer, exc)
-                reply = p.error_reply(None, error_code(exc), str(exc), "Reconnect; the stream was out of step.")
-                await self._close(reader, writer, p.encode_frame(reply))
+                await self._close(reader, writer, error_code(exc), str(exc), "Reconnect; the stream was out of step.")
                 return
             except ProtocolError as exc:
                 log.warning("bad frame from %s: %s", peer, exc)
@@ -262,11 +261,16 @@ class RequestServer:
             ) from None
 
     async def _close(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, last_frame: bytes
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        code: p.ErrorCode,
+        message: str,
+        hint: str,
     ) -> None:
-        """Send a final frame, half-close, drain the peer briefly, then close: a clean FIN."""
+        """Send a final error frame, half-close, drain the peer briefly, then close: a clean FIN."""
         try:
-            writer.write(last_frame)
+            writer.write(p.encode_frame(p.error_reply(None, code, message, hint)))
             await writer.drain()
             if writer.can_write_eof():
                 writer.write_eof()
