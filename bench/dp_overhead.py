@@ -19,8 +19,8 @@ import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client.dp_training import DPConfig, LocalTraining, make_dp_trainer  # noqa: E402
-from client.model import build_head, get_trainable_weights, set_trainable_weights  # noqa: E402
+from client.training.dp_training import DPConfig, LocalTraining, make_dp_trainer  # noqa: E402
+from shared.classifier import build_head, get_trainable_weights, set_trainable_weights  # noqa: E402
 
 
 def _throughput(model: tf.keras.Model, batches: tf.data.Dataset, examples: int, epochs: int) -> float:

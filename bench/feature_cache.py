@@ -20,11 +20,11 @@ import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client.data import image_dataset, load_site_data  # noqa: E402
-from client.dp_training import DPConfig, LocalTraining, train_dp  # noqa: E402
-from client.feature_cache import cached_features  # noqa: E402
-from client.model import build_classifier  # noqa: E402
+from client.training.data import image_dataset, load_site_data  # noqa: E402
+from client.training.dp_training import DPConfig, LocalTraining, train_dp  # noqa: E402
+from client.training.feature_cache import cached_features  # noqa: E402
 from scripts.make_sample_data import generate_sample_dataset  # noqa: E402
+from shared.classifier import build_classifier  # noqa: E402
 
 DP = DPConfig(noise_multiplier=1.0)
 

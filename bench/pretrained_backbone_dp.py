@@ -22,12 +22,16 @@ import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client.data import load_site_data  # noqa: E402
-from client.dp_training import DPConfig, LocalTraining, train_dp  # noqa: E402
-from client.feature_cache import compute_features  # noqa: E402
-from client.model import build_classifier, get_trainable_weights, set_trainable_weights  # noqa: E402
-from client.privacy_accounting import noise_for_target_epsilon  # noqa: E402
+from client.training.accounting import noise_for_target_epsilon  # noqa: E402
+from client.training.data import load_site_data  # noqa: E402
+from client.training.dp_training import DPConfig, LocalTraining, train_dp  # noqa: E402
+from client.training.feature_cache import compute_features  # noqa: E402
 from scripts.make_sample_data import generate_sample_dataset  # noqa: E402
+from shared.classifier import (  # noqa: E402
+    build_classifier,
+    get_trainable_weights,
+    set_trainable_weights,
+)
 
 DELTA = 1e-5
 

@@ -34,15 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from client.site_actions import request_training, setup_site  # noqa: E402
+from client.menu.actions import request_training, setup_site  # noqa: E402
 from scripts.make_sample_data import generate_sample_dataset  # noqa: E402
 from scripts.split_dataset import split_dataset  # noqa: E402
-from server.history_plots import privacy_utility_figure, save  # noqa: E402
-from server.initial_model import ensure_initial_version  # noqa: E402
-from server.lifecycle import SessionState  # noqa: E402
-from server.request_socket import RequestServerThread  # noqa: E402
-from server.session_manager import ApprovalOptions, SessionManager  # noqa: E402
+from server.history.plots import privacy_utility_figure, save  # noqa: E402
+from server.sessions.initial_model import ensure_initial_version  # noqa: E402
+from server.sessions.manager import ApprovalOptions, SessionManager  # noqa: E402
+from server.socket.request_socket import RequestServerThread  # noqa: E402
 from server.store import Store  # noqa: E402
+from server.store.lifecycle import SessionState  # noqa: E402
 from shared.settings import Settings, load_settings  # noqa: E402
 
 LEVELS: tuple[float | None, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, None)  # None: no DP
@@ -99,7 +99,7 @@ def prepare_data(root: Path) -> Path:
 def _train(settings: Settings, site: str, request: str, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, **settings.as_environment(), "FL_LOG_LEVEL": "WARNING", "TF_CPP_MIN_LOG_LEVEL": "3"}
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "client.cli", "--site", site, "train", request],
+        return subprocess.Popen([sys.executable, "-m", "client.menu.cli", "--site", site, "train", request],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -143,7 +143,7 @@ def run_level(epsilon: float | None, home: Path, sites_root: Path, args: argpars
 
 
 def holdout_accuracy(store: Store, number: int, holdout: Path, backbone: Path | None) -> float:
-    from client.evaluation import evaluate_weights
+    from client.menu.evaluation import evaluate_weights
 
     v = store.get_version(number)
     return evaluate_weights(v.number, v.path, v.sha256, v.metadata["model"], holdout,

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from flwr.client import start_client
 
-from client.secure_aggregation import SecureAggregationClient
-from server.session_runtime import run_session
+from client.federation.secure_aggregation import SecureAggregationClient
+from server.sessions.runtime import run_session
 from server.store import Store
 from shared.listening import wait_until_listening
 from shared.settings import load_settings
@@ -100,11 +100,11 @@ def head_training_time() -> float:
     """One head-only DP round on 500 cached-feature images, as bench/feature_cache.py times it."""
     import tensorflow as tf
 
-    from client.data import load_site_data
-    from client.dp_training import DPConfig, LocalTraining, train_dp
-    from client.feature_cache import cached_features
-    from client.model import build_classifier
+    from client.training.data import load_site_data
+    from client.training.dp_training import DPConfig, LocalTraining, train_dp
+    from client.training.feature_cache import cached_features
     from scripts.make_sample_data import generate_sample_dataset
+    from shared.classifier import build_classifier
 
     with tempfile.TemporaryDirectory() as tmp:
         root, cache = Path(tmp) / "site", Path(tmp) / "cache"

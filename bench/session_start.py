@@ -1,7 +1,7 @@
 """Time from an admin's approval to the session's Flower server accepting connections.
 
 Each trial approves one request through the real ``SessionManager`` (which spawns
-``python -m server.flower_session``) and waits until the session port accepts a TCP connection.
+``python -m server.sessions.process``) and waits until the session port accepts a TCP connection.
 The session process blocks TensorFlow's import (Flower's TensorBoard helper would pull it in),
 so for comparison the same process start is also timed with that import allowed.
 Ends with ``session_start_s S`` (median seconds, target < 3).
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.session_manager import ApprovalOptions, SessionManager
+from server.sessions.manager import ApprovalOptions, SessionManager
 from server.store import Store
 from shared.listening import wait_until_listening
 from shared.settings import load_settings
@@ -55,7 +55,7 @@ def approval_to_listening(trials: int) -> list[float]:
 def import_time(block_tensorflow: bool) -> float:
     """Seconds a fresh interpreter needs to import what a session process imports."""
     block = "import sys; sys.modules['tensorflow'] = None; " if block_tensorflow else ""
-    code = f"{block}import server.session_runtime"
+    code = f"{block}import server.sessions.runtime"
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     return time.perf_counter() - started

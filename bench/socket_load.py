@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from server.request_socket import RequestServer
+from server.socket.request_socket import RequestServer
 from server.store import Store
-from shared import protocol as p
+from shared import framing
 from shared.settings import Settings, load_settings
 
 DP = {"noise_multiplier": 1.1, "delta": 1e-5, "l2_norm_clip": 1.0}
@@ -105,8 +105,8 @@ async def query(
     message = {"type": "request_status", "id": counter, "site": site, "token": token,
                "request_id": request_id}
     sent = time.perf_counter()
-    writer.write(p.encode_frame(message))
-    reply = await asyncio.wait_for(p.read_frame(reader, 1 << 20), 10)
+    writer.write(framing.encode_frame(message))
+    reply = await asyncio.wait_for(framing.read_frame(reader, 1 << 20), 10)
     elapsed = time.perf_counter() - sent
     if reply is None:
         raise ConnectionError("server closed the connection")

@@ -24,7 +24,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from server.session_runtime import run_session  # noqa: E402
+from server.sessions.runtime import run_session  # noqa: E402
 from server.store import Store  # noqa: E402
 from shared.settings import load_settings  # noqa: E402
 from tests.flower_fakes import ScriptedClient, free_port, run_in_thread  # noqa: E402
@@ -34,7 +34,7 @@ DP = {"noise_multiplier": 1.0, "delta": 1e-5, "l2_norm_clip": 1.0}
 
 def model_shapes(trainable_blocks: int) -> list[tuple[int, ...]]:
     """Shapes of the travelling weights of the real classifier (built once, 32 px)."""
-    from client.model import build_classifier
+    from shared.classifier import build_classifier
 
     classifier = build_classifier(32, trainable_blocks=trainable_blocks, weights=None, seed=0)
     return [tuple(v.shape) for v in classifier.full.trainable_variables]

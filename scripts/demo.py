@@ -196,8 +196,8 @@ def holdout_accuracy(demo: Demo) -> dict[str, float]:
     accuracy is its session's candidate's; this measures the merged weights themselves)."""
     demo.step("9. Final accuracy per version", "Each version's weights classify the 100 held-out images "
               "(25 per class, so chance is 25%).")
-    from client.evaluation import evaluate_weights
-    from server.history_queries import validation_accuracy
+    from client.menu.evaluation import evaluate_weights
+    from server.history.queries import validation_accuracy
     from server.store import Store
     from shared.settings import load_settings
 

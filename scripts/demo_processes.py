@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PROGRAMS = {"fl-server": "server.cli", "fl-client": "client.cli", "fl-history": "server.history_cli"}
+PROGRAMS = {"fl-server": "server.console.cli", "fl-client": "client.menu.cli", "fl-history": "server.history.cli"}
 
 
 class CommandFailed(RuntimeError):

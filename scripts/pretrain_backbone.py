@@ -1,4 +1,4 @@
-"""Make the stand-in pretrained ResNet50 weights file (see ``client/backbone_pretraining.py``).
+"""Make the stand-in pretrained ResNet50 weights file (see ``client/training/backbone_pretraining.py``).
 
     python -m scripts.pretrain_backbone --out data/backbone/resnet50-synthetic-32.h5 --size 32
 
@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from client.backbone_pretraining import PretrainConfig, make_backbone_file
+from client.training.backbone_pretraining import PretrainConfig, make_backbone_file
 from shared.errors import FLError
 
 _DEFAULTS = PretrainConfig()

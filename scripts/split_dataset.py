@@ -45,17 +45,15 @@ from rich.table import Table
 if __package__ in (None, ""):  # run as a file, not with -m: make `shared` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from scripts.split_plan import MODES, OPTIONS_HINT, SplitMode, plan_counts  # noqa: E402
 from shared.dataset_layout import CLASS_NAMES, SkippedFile, scan_dataset  # noqa: E402
 from shared.errors import DatasetError, FLError, TargetNotEmptyError, UsageError  # noqa: E402
 
-SplitMode = Literal["iid", "dirichlet", "quantity"]
 LinkMode = Literal["copy", "hardlink", "symlink"]
-MODES: tuple[str, ...] = ("iid", "dirichlet", "quantity")
 LINKS: tuple[str, ...] = ("copy", "hardlink", "symlink")
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 _SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_OPTIONS_HINT = "See `python scripts/split_dataset.py --help` for the options and their values."
 
 
 @dataclass
@@ -77,121 +75,6 @@ class SplitResult:
         }
 
 
-# --- how many images of each class go to each site --------------------------------------------
-
-
-def apportion(weights: Sequence[float], total: int) -> list[int]:
-    """Integers proportional to ``weights`` that sum to exactly ``total`` (largest remainder)."""
-    shares = np.asarray(weights, dtype=float)
-    ideal = total * shares / shares.sum()
-    counts = np.floor(ideal).astype(int)
-    by_remainder = np.argsort(-(ideal - counts), kind="stable")
-    counts[by_remainder[: total - counts.sum()]] += 1
-    return counts.tolist()
-
-
-def _stratified(site_totals: Sequence[int], class_sizes: Sequence[int]) -> np.ndarray:
-    """A sites x classes matrix with the given row sums whose class mix follows the source.
-
-    Rounds ``site_total * class_share`` down, then hands out the few missing images one at a
-    time to the cell furthest below its ideal share that still has images left in its class.
-    """
-    sizes = np.asarray(class_sizes, dtype=float)
-    ideal = np.outer(site_totals, sizes / sizes.sum())
-    counts = np.floor(ideal).astype(int)
-    left = np.asarray(class_sizes) - counts.sum(axis=0)
-    missing = np.asarray(site_totals) - counts.sum(axis=1)
-    while missing.any():
-        for site in np.flatnonzero(missing):
-            shortfall = np.where(left > 0, ideal[site] - counts[site], -np.inf)
-            name = int(np.argmax(shortfall))
-            counts[site, name] += 1
-            left[name] -= 1
-            missing[site] -= 1
-    return counts
-
-
-def _dirichlet(
-    rng: np.random.Generator, sites: int, class_sizes: Sequence[int], alpha: float
-) -> np.ndarray:
-    """Label skew: per class, site shares ~ Dirichlet(alpha); no site is left empty."""
-    counts = np.array(
-        [apportion(rng.dirichlet(np.full(sites, alpha)), size) for size in class_sizes]
-    ).T
-    for site in range(sites):
-        if counts[site].sum() == 0:
-            donor = int(np.argmax(counts.sum(axis=1)))
-            name = int(np.argmax(counts[donor]))
-            counts[donor, name] -= 1
-            counts[site, name] += 1
-    return counts
-
-
-def _quantity_totals(quantities: Sequence[float], available: int) -> list[int]:
-    """Images per site from absolute counts (ints) or shares of all images (floats <= 1)."""
-    if all(isinstance(q, (int, np.integer)) for q in quantities):
-        totals = [int(q) for q in quantities]
-        if any(t < 1 for t in totals):
-            raise UsageError(
-                f"--quantities must be positive, got {list(quantities)}", hint=_OPTIONS_HINT
-            )
-        if sum(totals) > available:
-            raise DatasetError(
-                f"--quantities ask for {sum(totals)} images but the source holds only "
-                f"{available} readable images",
-                hint="Lower the quantities or pass shares such as 0.5,0.3,0.2.",
-            )
-        return totals
-    shares = [float(q) for q in quantities]
-    if any(s <= 0 for s in shares) or sum(shares) > 1 + 1e-9:
-        raise UsageError(
-            f"--quantities as shares must be positive and sum to at most 1, got {shares}",
-            hint=_OPTIONS_HINT,
-        )
-    totals = apportion(shares, int(np.floor(sum(shares) * available + 1e-9)))
-    if min(totals) < 1:
-        raise UsageError(
-            f"a share in {shares} is too small to give its site one of {available} images",
-            hint=_OPTIONS_HINT,
-        )
-    return totals
-
-
-def plan_counts(
-    class_sizes: Sequence[int],
-    sites: int,
-    mode: SplitMode,
-    *,
-    alpha: float = 0.5,
-    quantities: Sequence[float] | None = None,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """A sites x classes matrix of how many images of each class each site gets."""
-    available = int(sum(class_sizes))
-    if available < sites:
-        raise DatasetError(
-            f"{available} images cannot give each of {sites} sites one image",
-            hint="Use fewer sites or a larger dataset.",
-        )
-    if mode == "iid":
-        return _stratified(apportion([1.0] * sites, available), class_sizes)
-    if mode == "dirichlet":
-        if not alpha > 0:
-            raise UsageError(f"--alpha must be positive, got {alpha}", hint=_OPTIONS_HINT)
-        return _dirichlet(rng, sites, class_sizes, alpha)
-    if mode == "quantity":
-        if not quantities or len(quantities) != sites:
-            raise UsageError(
-                f"--mode quantity needs one quantity per site ({sites} sites), got "
-                f"{list(quantities or [])}",
-                hint=_OPTIONS_HINT,
-            )
-        return _stratified(_quantity_totals(quantities, available), class_sizes)
-    raise UsageError(
-        f"unknown mode {mode!r}; choose one of {', '.join(MODES)}", hint=_OPTIONS_HINT
-    )
-
-
 # --- writing the site folders -----------------------------------------------------------------
 
 
@@ -200,15 +83,15 @@ def _site_names(sites: Sequence[str] | int) -> list[str]:
         sites = [sites]
     names = [f"site{i + 1}" for i in range(sites)] if isinstance(sites, int) else list(sites)
     if not names:
-        raise UsageError("need at least one site", hint=_OPTIONS_HINT)
+        raise UsageError("need at least one site", hint=OPTIONS_HINT)
     bad = [name for name in names if not _SITE_NAME.fullmatch(name) or name == MANIFEST_NAME]
     if bad:
         raise UsageError(
             f"site names must be letters, digits, '.', '_' or '-' (not starting with '.'): {bad}",
-            hint=_OPTIONS_HINT,
+            hint=OPTIONS_HINT,
         )
     if len(set(names)) != len(names):
-        raise UsageError(f"site names must be unique, got {names}", hint=_OPTIONS_HINT)
+        raise UsageError(f"site names must be unique, got {names}", hint=OPTIONS_HINT)
     return names
 
 
@@ -312,10 +195,10 @@ def split_dataset(
     """
     if link not in LINKS:
         raise UsageError(
-            f"unknown link mode {link!r}; choose one of {', '.join(LINKS)}", hint=_OPTIONS_HINT
+            f"unknown link mode {link!r}; choose one of {', '.join(LINKS)}", hint=OPTIONS_HINT
         )
     if quantities is not None and mode != "quantity":
-        raise UsageError("--quantities only applies to --mode quantity", hint=_OPTIONS_HINT)
+        raise UsageError("--quantities only applies to --mode quantity", hint=OPTIONS_HINT)
     source, out = Path(source), Path(out)
     names = _site_names(sites)
     scan = scan_dataset(source, require_all_classes=False)

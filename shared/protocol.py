@@ -1,17 +1,13 @@
-"""The request-socket wire protocol: one schema for every message, reply and frame.
+"""The request-socket wire protocol: one schema for every message and reply (frames: ``framing``).
 
 Server and clients both import this module, so a field can only change in one place.
-A frame is a 4-byte big-endian unsigned length followed by that many bytes of UTF-8 JSON
-holding one object. Requests are strict (unknown fields, wrong types and out-of-range values
+Requests are strict (unknown fields, wrong types and out-of-range values
 are refused); results are parsed leniently on the client so a newer server can add fields.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import re
-import struct
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
@@ -25,11 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared.errors import ConfigError, FrameTooLarge, FramingError, ProtocolError
-
-HEADER = struct.Struct(">I")
-#: Bytes of JSON around a download chunk's base64 data; chunk sizes leave this much room.
-CHUNK_ENVELOPE_BYTES = 1024
+from shared.errors import ProtocolError
 
 ErrorCode = Literal[
     "auth", "protocol", "too_large", "not_found", "illegal", "refused", "rate_limited", "internal"
@@ -38,7 +30,7 @@ MessageId = Union[
     Annotated[str, StringConstraints(min_length=1, max_length=64)],
     Annotated[int, Field(ge=0, le=2**53)],
 ]
-#: The store's rule for site names (server.store.SITE_NAME), repeated so shared/ imports no server code.
+#: The store's rule for site names (server.store.sites.SITE_NAME), repeated so shared/ imports no server code.
 SiteName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Token = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 RequestId = Annotated[int, Field(ge=1, le=2**31)]
@@ -275,79 +267,9 @@ def result_json(result: BaseModel) -> bytes:
     return result.model_dump_json().encode()
 
 
-def ok_frame(message_id: Any, result: bytes, max_bytes: int | None = None) -> bytes:
-    """The frame answering a message that succeeded, around a :func:`result_json` payload."""
-    head = b'{"id":' + json.dumps(message_id).encode() + b',"ok":true,"result":'
-    return _frame(head + result + b"}", max_bytes)
-
-
 def error_reply(message_id: Any, code: ErrorCode, message: str, hint: str = "") -> dict[str, Any]:
     """The reply to a message that failed; ``message_id`` is None when it could not be read."""
     return {"id": message_id, "ok": False, "error": {"code": code, "message": message, "hint": hint}}
-
-
-# ----------------------------------------------------------------------------- framing
-
-
-def encode_frame(obj: dict[str, Any], max_bytes: int | None = None) -> bytes:
-    """Serialise one object as a length-prefixed frame, refusing one the peer would refuse."""
-    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-    return _frame(body, max_bytes)
-
-
-def _frame(body: bytes, max_bytes: int | None) -> bytes:
-    if max_bytes is not None and len(body) > max_bytes:
-        raise FrameTooLarge(f"frame of {len(body)} bytes is over the {max_bytes}-byte cap")
-    return HEADER.pack(len(body)) + body
-
-
-def frame_length(header: bytes, max_bytes: int) -> int:
-    """The body length a header announces; an oversized one is refused before reading it."""
-    (length,) = HEADER.unpack(header)
-    if length > max_bytes:
-        raise FrameTooLarge(f"frame of {length} bytes announced; the cap is {max_bytes} bytes")
-    return length
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def decode_body(body: bytes) -> dict[str, Any]:
-    """Parse a frame body: UTF-8 JSON holding exactly one object."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolError("frame is not valid UTF-8") from None
-    try:
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError(f"frame is not valid JSON ({type(exc).__name__})") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError(f"frame must hold a JSON object, not {type(obj).__name__}")
-    return obj
-
-
-async def read_frame(reader: asyncio.StreamReader, max_bytes: int) -> dict[str, Any] | None:
-    """Read one frame; None on a clean end of stream between frames.
-
-    Raises ``FramingError`` (truncated) or ``FrameTooLarge`` when the stream cannot be
-    resynchronised, and plain ``ProtocolError`` for a bad body, after which it still can.
-    """
-    try:
-        header = await reader.readexactly(HEADER.size)
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            return None
-        raise FramingError("connection closed inside a frame header") from None
-    length = frame_length(header, max_bytes)
-    try:
-        body = await reader.readexactly(length)
-    except asyncio.IncompleteReadError as exc:
-        raise FramingError(
-            f"connection closed after {len(exc.partial)} of {length} frame bytes"
-        ) from None
-    return decode_body(body)
 
 
 def parse_message(obj: dict[str, Any]) -> Message:
@@ -394,14 +316,3 @@ def parse_request_ref(ref: str | int) -> int:
             f"{ref!r} is not a request reference", hint="Use the label the server gave, e.g. REQ-3."
         )
     return int(match.group(1))
-
-
-def chunk_payload_bytes(max_frame_bytes: int, wanted: int) -> int:
-    """Raw bytes per download chunk such that its base64 JSON frame stays under the cap."""
-    fits = (max_frame_bytes - CHUNK_ENVELOPE_BYTES) // 4 * 3
-    if fits <= 0:
-        raise ConfigError(
-            f"a {max_frame_bytes}-byte frame cap is too small for downloads",
-            hint="Set max_frame_bytes to at least 4096.",
-        )
-    return max(1, min(wanted, fits))

@@ -8,7 +8,7 @@ import pytest
 
 from scripts.make_sample_data import generate_sample_dataset
 
-pytest_plugins = ["tests.conftest_store", "tests.conftest_client"]
+pytest_plugins = ["tests.conftest_store", "tests.conftest_client", "tests.conftest_socket"]
 
 TINY_PER_CLASS = 6
 TINY_SIZE = 32

@@ -45,7 +45,7 @@ def lesion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def classifier():
     """A head-only classifier (weights=None, seed 0) built once; reset its head before use."""
-    from client.model import build_classifier
+    from shared.classifier import build_classifier
 
     return build_classifier(IMAGE_SIZE, trainable_blocks=0, seed=0)
 
@@ -53,6 +53,6 @@ def classifier():
 @pytest.fixture(scope="session")
 def classifier_conv5():
     """A classifier whose last ResNet stage (conv5) is trainable."""
-    from client.model import build_classifier
+    from shared.classifier import build_classifier
 
     return build_classifier(IMAGE_SIZE, trainable_blocks=1, seed=0)

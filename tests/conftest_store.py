@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine
 
-from server.models import Base
-from server.records import SessionInfo
 from server.store import Store
+from server.store.models import Base
+from server.store.records import SessionInfo
 from shared.settings import Settings, load_settings
 
 POSTGRES_URL = os.environ.get("FL_TEST_DATABASE_URL", "")

@@ -59,7 +59,7 @@ def free_port() -> int:
 
 def serve_session(store, session_id: int, port: int, **options) -> dict:
     """Run ``run_session`` in a thread; the dict gets "thread", then "version" or "error"."""
-    from server.session_runtime import run_session
+    from server.sessions.runtime import run_session
     from shared.errors import SessionFailedError
 
     outcome: dict = {}

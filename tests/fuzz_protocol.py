@@ -13,13 +13,13 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from shared import protocol
+    from shared import framing, protocol
     from shared.errors import ProtocolError
 
 
 def test_one_input(data: bytes) -> None:
     try:
-        protocol.parse_message(protocol.decode_body(data))
+        protocol.parse_message(framing.decode_body(data))
     except ProtocolError:
         pass
 

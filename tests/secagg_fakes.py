@@ -6,7 +6,7 @@ import numpy as np
 from flwr.client import NumPyClient
 from flwr.common import Code, GetPropertiesRes, Status
 
-from client.secure_aggregation import SecureAggregationClient
+from client.federation.secure_aggregation import SecureAggregationClient
 from shared import secagg_protocol as proto
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from multiprocessing.synchronize import Event
 
+from server.sessions.merge import staleness_merge
 from server.store import Store
 from shared.settings import Settings
 from tests.conftest_store import make_weights
@@ -30,5 +31,6 @@ def commit_result(settings: Settings, session_id: int, site: str, seed: int, sta
         dp_summary={},
         participants=[site],
         rounds=1,
+        merge=staleness_merge,
     )
     store.close()

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import main
-from server.lifecycle import RequestState, SessionState
+from server.console.cli import main
 from server.store import Store
+from server.store.lifecycle import RequestState, SessionState
 from shared.settings import load_settings
 from tests.conftest_store import make_weights, running_session
 from tests.flower_fakes import free_port
@@ -153,7 +153,7 @@ def test_sessions_lists_all_and_watch_renders(store: Store, capsys: pytest.Captu
     completed_session(store)
     code, out = run(capsys, "sessions")
     assert code == 0 and "COMPLETED" in out and "v1" in out
-    monkeypatch.setattr("server.session_monitor._key_pressed", lambda stream, timeout: True)
+    monkeypatch.setattr("server.console.monitor._key_pressed", lambda stream, timeout: True)
     code, out = run(capsys, "sessions", "--watch")
     assert code == 0 and "no active session" in out
 

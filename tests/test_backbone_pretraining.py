@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from client.backbone_pretraining import (
+from client.training.accounting import epsilon_for, noise_for_target_epsilon
+from client.training.backbone_pretraining import (
     PretrainConfig,
     PretrainReport,
     make_backbone_file,
     public_corpus,
     public_image_rng,
 )
-from client.data import load_site_data
-from client.dp_training import DPConfig, LocalTraining, train_dp
-from client.feature_cache import compute_features
-from client.model import backbone_fingerprint, build_classifier
-from client.privacy_accounting import epsilon_for, noise_for_target_epsilon
+from client.training.data import load_site_data
+from client.training.dp_training import DPConfig, LocalTraining, train_dp
+from client.training.feature_cache import compute_features
 from scripts.make_sample_data import generate_sample_dataset, image_rng, render_image
+from shared.classifier import backbone_fingerprint, build_classifier
 from shared.dataset_layout import CLASS_NAMES
 from shared.errors import TargetNotEmptyError
 

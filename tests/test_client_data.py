@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.data import image_dataset, load_site_data, stratified_split
+from client.training.data import image_dataset, load_site_data, stratified_split
 from shared.errors import DatasetError
 from tests.conftest_client import write_lesion_images
 
@@ -23,7 +23,7 @@ def test_corrupt_and_non_image_files_are_skipped_and_listed_once(
     good = (root / "pituitary" / "pituitary_000.jpg").read_bytes()
     (root / "pituitary" / "truncated.jpg").write_bytes(good[: len(good) // 2])
 
-    with caplog.at_level(logging.WARNING, logger="client.data"):
+    with caplog.at_level(logging.WARNING, logger="client.training.data"):
         data = load_site_data(root, image_size=16)
 
     skipped = {item.path.name for item in data.skipped}

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import client.feature_cache as feature_cache
-from client.data import load_site_data
-from client.feature_cache import cached_features, feature_key
+import client.training.feature_cache as feature_cache
+from client.training.data import load_site_data
+from client.training.feature_cache import cached_features, feature_key
 from tests.conftest_client import IMAGE_SIZE, write_lesion_images
 
 pytestmark = pytest.mark.slow

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flwr.client import Client
 
-from client.dp_training import DPConfig
-from client.flower_client import build_site_client
-from client.privacy_ledger import PrivacyLedger
+from client.federation.flower_client import build_site_client
+from client.training.dp_training import DPConfig
+from client.training.ledger import PrivacyLedger
 from shared.errors import ConfigError, PrivacyBudgetExceeded
 from tests.conftest_client import IMAGE_SIZE
 

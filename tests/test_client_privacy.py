@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from client.privacy_accounting import (
+from client.training.accounting import (
     compose,
     dp_sgd_event,
     epsilon_for,
@@ -14,7 +14,7 @@ from client.privacy_accounting import (
     event_to_json,
     noise_for_target_epsilon,
 )
-from client.privacy_ledger import PrivacyLedger
+from client.training.ledger import PrivacyLedger
 from shared.errors import PrivacyBudgetExceeded
 
 DELTA = 1e-5

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from client.data import image_dataset, load_site_data
-from client.dp_training import DPConfig, LocalTraining, train_dp
-from client.feature_cache import compute_features
-from client.model import (
+from client.training.accounting import epsilon_for, noise_for_target_epsilon
+from client.training.data import image_dataset, load_site_data
+from client.training.dp_training import DPConfig, LocalTraining, train_dp
+from client.training.feature_cache import compute_features
+from shared.classifier import (
     backbone_fingerprint,
     build_classifier,
     get_trainable_weights,
     initial_global_weights,
     set_trainable_weights,
 )
-from client.privacy_accounting import epsilon_for, noise_for_target_epsilon
 from tests.conftest_client import IMAGE_SIZE
 
 pytestmark = pytest.mark.slow

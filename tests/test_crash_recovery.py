@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.lifecycle import RequestState, SessionState
 from server.store import Store
+from server.store.lifecycle import RequestState, SessionState
 from shared.errors import SessionFailedError
 from shared.listening import wait_until_listening
 from shared.settings import Settings, load_settings
@@ -36,13 +36,13 @@ class ServerHome:
         return {**os.environ, **self.settings.as_environment()}
 
     def serve(self) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=self.env(),
+        process = subprocess.Popen([sys.executable, "-m", "server.console.cli", "serve"], env=self.env(),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until_listening("127.0.0.1", self.settings.request_port, timeout_s=60)
         return process
 
     def admin(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "server.cli", *args], env=self.env(),
+        return subprocess.run([sys.executable, "-m", "server.console.cli", *args], env=self.env(),
                               capture_output=True, text=True, timeout=120)
 
 

@@ -10,11 +10,11 @@ import pytest
 from rich.console import Console
 
 from scripts.demo_processes import Children, CommandFailed, command_line, find
-from server.admin_commands import print_token
+from server.console.commands import print_token
 
 
 def test_commands_run_the_real_programs_with_this_interpreter() -> None:
-    assert command_line("fl-history", "versions") == [sys.executable, "-m", "server.history_cli", "versions"]
+    assert command_line("fl-history", "versions") == [sys.executable, "-m", "server.history.cli", "versions"]
     assert command_line("python -m scripts.pretrain_backbone", "--size", "32")[2] == "scripts.pretrain_backbone"
 
 

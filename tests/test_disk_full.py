@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from server.lifecycle import SessionState
 from server.store import Store
+from server.store.lifecycle import SessionState
 from shared.settings import load_settings
 from shared.weights_io import TEMP_PREFIX
 

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from client.site_actions import setup_site
-from client.socket_client import SiteConnection
+from client.federation.socket_client import SiteConnection
+from client.menu.actions import setup_site
 from scripts.make_sample_data import generate_sample_dataset
 from scripts.split_dataset import split_dataset
-from server.initial_model import ensure_initial_version
-from server.lifecycle import RequestState, SessionState
-from server.request_socket import RequestServerThread
-from server.session_manager import ApprovalOptions, SessionManager
+from server.sessions.initial_model import ensure_initial_version
+from server.sessions.manager import ApprovalOptions, SessionManager
+from server.socket.request_socket import RequestServerThread
 from server.store import Store
+from server.store.lifecycle import RequestState, SessionState
 from shared.settings import Settings, load_settings
 from shared.weights_io import sha256_file
 from tests.flower_fakes import free_port
@@ -56,7 +56,7 @@ class Federation:
     def train(self, site: str, request_id: int) -> subprocess.Popen[bytes]:
         env = {**os.environ, **self.settings.as_environment(), "FL_LOG_LEVEL": "WARNING"}
         log = open(self.root / f"{site}-{request_id}.log", "wb")  # noqa: SIM115 (closed by the child)
-        return subprocess.Popen([sys.executable, "-m", "client.cli", "--site", site, "train", str(request_id)],
+        return subprocess.Popen([sys.executable, "-m", "client.menu.cli", "--site", site, "train", str(request_id)],
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
 
 

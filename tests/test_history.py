@@ -16,9 +16,10 @@ import pytest
 from matplotlib.figure import Figure
 from sqlalchemy import text
 
-from server import history_plots
-from server.history_cli import main
-from server.history_queries import compare_versions, l2_distance, site_contributions
+from server.history import plots as history_plots
+from server.history.cli import main
+from server.history.queries import compare_versions, l2_distance, site_contributions
+from server.sessions.merge import staleness_merge
 from server.store import Store
 from shared.errors import ReadOnlyStoreError
 from shared.settings import Settings, load_settings
@@ -51,7 +52,7 @@ def _commit(store: Store, session_id: int, sites: list[str], seed: int, rounds: 
                  "evaluate": {"loss": 1.1, "accuracy": 0.25 + 0.12 * rounds, "examples": 16, "sites": len(sites)}},
         dp_summary={s: {"epsilon": 1.0, "delta": 1e-5, "noise_multiplier": 1.1, "examples": SITE_EXAMPLES[s]}
                     for s in sites},
-        participants=sites, rounds=rounds)
+        participants=sites, rounds=rounds, merge=staleness_merge)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,7 @@ def _labels(fig: Figure) -> list[tuple[str, str]]:
 
 
 def test_plots_have_the_right_axes_and_one_line_per_version_or_site(history: Store, tmp_path: Path) -> None:
-    from server.history_queries import all_rounds
+    from server.history.queries import all_rounds
 
     rounds = history_plots.rounds_figure(all_rounds(history))
     assert _labels(rounds) == [("round", "validation accuracy"), ("round", "validation loss")]

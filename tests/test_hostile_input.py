@@ -15,10 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client.socket_client import SiteConnection
+from client.federation.socket_client import SiteConnection
+from shared import framing
 from shared import protocol as p
 from shared.errors import ProtocolError
-from tests.test_request_socket import Env, frame, recv, send, status_ok
+from tests.test_request_socket import Env, recv, send, status_ok
 
 VALID = {
     "submit_request": {"rounds": 3, "local_epochs": 1, "note": "",
@@ -86,7 +87,7 @@ def test_wrong_types_in_every_message_are_refused_without_effect(hostile_env: En
 
 def _schema_valid(body: bytes) -> bool:
     try:
-        p.parse_message(p.decode_body(body))
+        p.parse_message(framing.decode_body(body))
     except ProtocolError:
         return False
     return True
@@ -138,7 +139,7 @@ def test_slow_loris_connections_are_cut_while_others_are_served(hostile_env: Env
 
 def test_garbage_from_many_connections_leaves_the_db_unchanged(hostile_env: Env) -> None:
     before = snapshot(hostile_env)
-    junk = [b"GET / HTTP/1.1\r\n\r\n", b"\x00\x00\x00\x05hello", p.encode_frame({"type": "submit_request"}),
+    junk = [b"GET / HTTP/1.1\r\n\r\n", b"\x00\x00\x00\x05hello", framing.encode_frame({"type": "submit_request"}),
             b"\x00\x00\x00\x02[]", b"\xff" * 64, json.dumps({"id": 1}).encode()]
     for payload in junk * 5:
         sock = hostile_env.raw()

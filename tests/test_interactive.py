@@ -154,11 +154,11 @@ def _await_notice(admin: Term, notice: str, attempts: int = 30) -> None:
 
 def test_admin_and_two_hospitals_through_their_menus(world: dict) -> None:
     root, spawn = world["root"], world["spawn"]
-    admin = spawn("server.cli", [], "server", "admin")
+    admin = spawn("server.console.cli", [], "server", "admin")
     admin.expect("request socket on", timeout=180)  # after building v0 (TensorFlow)
     tokens = {site: _enrol(admin, site) for site in SITES}
 
-    clients = {site: spawn("client.cli", ["--site", site], "clients", site) for site in SITES}
+    clients = {site: spawn("client.menu.cli", ["--site", site], "clients", site) for site in SITES}
     for site, client in clients.items():
         _set_up(client, tokens[site], root / "sites" / site)
         _request(client, f"joint run {site}")
@@ -224,7 +224,7 @@ def test_admin_and_two_hospitals_through_their_menus(world: dict) -> None:
     north.expect("REJECTED")
     north.expect("notice: REQ-3 was rejected: too many rounds for now")
 
-    intruder = spawn("client.cli", ["--site", "north"], "intruder", "intruder")
+    intruder = spawn("client.menu.cli", ["--site", "north"], "intruder", "intruder")
     _set_up(intruder, "not-the-token", root / "sites" / "north")
     intruder.expect("wrong token for site 'north'")
     intruder.expect("hint:")
@@ -238,7 +238,7 @@ def test_admin_and_two_hospitals_through_their_menus(world: dict) -> None:
     admin.expect("bye")
     assert admin.finish() == 0
 
-    offline = spawn("client.cli", ["--site", "north"], "clients", "offline")
+    offline = spawn("client.menu.cli", ["--site", "north"], "clients", "offline")
     offline.expect(f"server not reachable at 127.0.0.1:{world['env']['FL_REQUEST_PORT']}")
     offline.expect("Check that the server is running")
     offline.pick("9")

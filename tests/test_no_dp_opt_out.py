@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from client.privacy_accounting import dp_sgd_event
-from client.privacy_ledger import PrivacyLedger
-from client.site_actions import planned_epsilon, setup_site
+from client.menu.actions import planned_epsilon, setup_site
+from client.training.accounting import dp_sgd_event
+from client.training.ledger import PrivacyLedger
 from shared.errors import PrivacyBudgetExceeded
 from shared.protocol import DpSpec
 from shared.settings import load_settings

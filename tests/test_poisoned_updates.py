@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
-from server.lifecycle import SessionState
+from server.sessions.update_validation import update_problem
 from server.store import Store
-from server.update_validation import update_problem
-from shared.errors import SessionFailedError
+from server.store.lifecycle import SessionState
 from tests.flower_fakes import ScriptedClient, free_port, run_in_thread, serve_session
 
 pytestmark = pytest.mark.slow

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shared import framing
 from shared import protocol as p
 from shared.errors import FrameTooLarge, FramingError, ProtocolError
 
@@ -31,7 +32,7 @@ def read(data: bytes, max_bytes: int = 1024, eof: bool = True) -> tuple[object, 
         reader.feed_data(data)
         if eof:
             reader.feed_eof()
-        return await p.read_frame(reader, max_bytes), reader
+        return await framing.read_frame(reader, max_bytes), reader
 
     return asyncio.run(go())
 
@@ -124,7 +125,7 @@ def test_message_id_of_only_echoes_usable_ids() -> None:
 
 
 def test_frame_round_trip() -> None:
-    frame = p.encode_frame({"a": "ü", "n": [1, 2]})
+    frame = framing.encode_frame({"a": "ü", "n": [1, 2]})
     assert struct.unpack(">I", frame[:4])[0] == len(frame) - 4
     obj, _ = read(frame)
     assert obj == {"a": "ü", "n": [1, 2]}
@@ -136,9 +137,9 @@ def test_clean_end_of_stream_is_none() -> None:
 
 def test_encode_refuses_oversized_frames_and_nan() -> None:
     with pytest.raises(FrameTooLarge):
-        p.encode_frame({"x": "y" * 2000}, max_bytes=1024)
+        framing.encode_frame({"x": "y" * 2000}, max_bytes=1024)
     with pytest.raises(ValueError):
-        p.encode_frame({"x": float("nan")})
+        framing.encode_frame({"x": float("nan")})
 
 
 def test_oversized_frame_body_is_never_read() -> None:
@@ -150,7 +151,7 @@ def test_oversized_frame_body_is_never_read() -> None:
         reader = asyncio.StreamReader()
         reader.feed_data(struct.pack(">I", len(body)) + body)
         with pytest.raises(FrameTooLarge):
-            await p.read_frame(reader, 1024)
+            await framing.read_frame(reader, 1024)
         return len(await reader.read(1 << 20))
 
     assert asyncio.run(leftover()) == len(body)
@@ -175,36 +176,36 @@ def test_bad_frames(data: bytes, error: type[Exception], text: str) -> None:
 
 
 def test_body_errors_do_not_desynchronise_the_stream() -> None:
-    data = struct.pack(">I", 5) + b"{nope" + p.encode_frame({"ok": 1})
+    data = struct.pack(">I", 5) + b"{nope" + framing.encode_frame({"ok": 1})
 
     async def go() -> object:
         reader = asyncio.StreamReader()
         reader.feed_data(data)
         with pytest.raises(ProtocolError):
-            await p.read_frame(reader, 1024)
-        return await p.read_frame(reader, 1024)
+            await framing.read_frame(reader, 1024)
+        return await framing.read_frame(reader, 1024)
 
     assert asyncio.run(go()) == {"ok": 1}
 
 
 def test_largest_download_chunk_fits_the_frame_cap() -> None:
     cap = 1 << 20
-    size = p.chunk_payload_bytes(cap, 10 << 20)
+    size = framing.chunk_payload_bytes(cap, 10 << 20)
     chunk = p.DownloadChunk(
         version=2**31, chunk=2**31, total_chunks=2**31, total_size=2**40,
         sha256="f" * 64, chunk_sha256="f" * 64, data="A" * (size // 3 * 4),
     )
-    assert len(p.ok_frame("x" * 64, p.result_json(chunk), cap)) <= cap + 4
-    assert p.chunk_payload_bytes(cap, 256 << 10) == 256 << 10
+    assert len(framing.ok_frame("x" * 64, p.result_json(chunk), cap)) <= cap + 4
+    assert framing.chunk_payload_bytes(cap, 256 << 10) == 256 << 10
 
 
 def test_reply_shapes() -> None:
     err = p.error_reply(7, "auth", "wrong token for site 'a'", "check it")
     assert err == {"id": 7, "ok": False,
                    "error": {"code": "auth", "message": "wrong token for site 'a'", "hint": "check it"}}
-    ok = p.ok_frame(7, p.result_json(p.Acknowledged(acknowledged=2)))
+    ok = framing.ok_frame(7, p.result_json(p.Acknowledged(acknowledged=2)))
     assert json.loads(ok[4:]) == {"id": 7, "ok": True, "result": {"acknowledged": 2}}
-    assert json.loads(p.ok_frame("a\"b", b"{}")[4:])["id"] == 'a"b'
+    assert json.loads(framing.ok_frame("a\"b", b"{}")[4:])["id"] == 'a"b'
 
 
 json_values = st.recursive(
@@ -218,7 +219,7 @@ json_values = st.recursive(
 @settings(max_examples=100, deadline=None)
 @given(st.dictionaries(st.text(max_size=8), json_values, max_size=6))
 def test_any_json_object_round_trips_and_never_crashes_validation(obj: dict[str, object]) -> None:
-    decoded, _ = read(p.encode_frame(obj), max_bytes=1 << 20)
+    decoded, _ = read(framing.encode_frame(obj), max_bytes=1 << 20)
     assert decoded == obj
     try:
         p.parse_message(obj)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from server.auth_cache import AuthCache
-from server.read_cache import ReadCache
+from server.socket.auth_cache import AuthCache
+from server.socket.read_cache import ReadCache
 from server.store import Store
 from shared import protocol as p
 from shared.errors import AuthError

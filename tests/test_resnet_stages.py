@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from client.resnet_stages import (
+from client.training.resnet_stages import (
     run_top_stages,
     silence_blocks,
     stage_input_model,

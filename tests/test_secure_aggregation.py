@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from client.secure_aggregation import SecureAggregationClient
-from server.secure_aggregation import SecureAggregationRound
-from server.session_manager import ApprovalOptions, _secure_aggregation_config
+from client.federation.secure_aggregation import SecureAggregationClient
+from server.sessions.manager import ApprovalOptions, _secure_aggregation_config
+from server.sessions.secure_aggregation import SecureAggregationRound
 from shared import secagg_protocol as proto
 from shared.errors import ConfigError, ProtocolError, SessionFailedError
 from shared.secagg_masking import encode

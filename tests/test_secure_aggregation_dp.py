@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import client.flower_client as flower_client
-from client.dp_training import DPConfig
-from client.flower_client import FLClient, LocalData
-from client.privacy_ledger import PrivacyLedger
-from client.secure_aggregation import SecAggClientState, SecureAggregationClient
-from server.secure_aggregation import SecureAggregationRound
+import client.federation.flower_client as flower_client
+from client.federation.flower_client import FLClient, LocalData
+from client.federation.secure_aggregation import (
+    SecAggClientState,
+    SecureAggregationClient,
+)
+from client.training.dp_training import DPConfig
+from client.training.ledger import PrivacyLedger
+from server.sessions.secure_aggregation import SecureAggregationRound
 from shared import secagg_protocol as proto
 from tests.secagg_fakes import LoopbackProxy
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from flwr.client import start_client
 
-from client.secure_aggregation import SecureAggregationClient
-from server.lifecycle import SessionState
-from server.secure_aggregation import SecureAggregationRound
-from server.session_runtime import run_session
+from client.federation.secure_aggregation import SecureAggregationClient
+from server.sessions.runtime import run_session
+from server.sessions.secure_aggregation import SecureAggregationRound
 from server.store import Store
+from server.store.lifecycle import SessionState
 from shared import secagg_protocol as proto
 from shared.errors import SessionFailedError
 from shared.listening import wait_until_listening

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
-from server.lifecycle import SessionState
 from server.store import Store
+from server.store.lifecycle import SessionState
 from shared.errors import SessionFailedError
 from tests.flower_fakes import ScriptedClient, free_port, run_in_thread, serve_session
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from client.cli import main
+from client.menu.cli import main
 from scripts.make_sample_data import generate_sample_dataset
-from server.request_socket import RequestServerThread
+from server.socket.request_socket import RequestServerThread
 from server.store import Store
 from shared.settings import load_settings
 from tests.conftest_store import make_weights

@@ -12,14 +12,8 @@ import numpy as np
 import pytest
 
 from scripts.make_sample_data import generate_sample_dataset
-from scripts.split_dataset import (
-    SplitResult,
-    apportion,
-    main,
-    plan_counts,
-    split_dataset,
-    verify_manifest,
-)
+from scripts.split_dataset import SplitResult, main, split_dataset, verify_manifest
+from scripts.split_plan import apportion, plan_counts
 from shared.dataset_layout import CLASS_NAMES, scan_dataset
 from shared.errors import DatasetError, TargetNotEmptyError, UsageError
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from server import site_tokens
-from server.audit_log import GENESIS_HASH, canonical_json
 from server.store import Store
+from server.store import tokens as site_tokens
+from server.store.audit_chain import GENESIS_HASH, canonical_json
 from shared.errors import AuthError, DuplicateError, StoreError
 from tests.conftest_store import running_session
 

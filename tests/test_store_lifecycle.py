@@ -6,14 +6,14 @@ import itertools
 
 import pytest
 
-from server.lifecycle import (
+from server.store import Store
+from server.store.lifecycle import (
     REQUEST_TRANSITIONS,
     RequestState,
     SessionState,
     check_transition,
 )
-from server.records import parse_request_id
-from server.store import Store
+from server.store.records import parse_request_id
 from shared.errors import AuthError, IllegalTransitionError, NotFoundError, StoreError
 from tests.conftest_store import running_session
 

@@ -7,9 +7,9 @@ import sqlite3
 import pytest
 from sqlalchemy import text
 
-from server.db import open_readonly
-from server.lifecycle import RequestState, SessionState
 from server.store import Store
+from server.store.engine import open_readonly
+from server.store.lifecycle import RequestState, SessionState
 from shared.errors import IllegalTransitionError, ReadOnlyStoreError
 from shared.settings import Settings
 from tests.conftest_store import make_weights, running_session

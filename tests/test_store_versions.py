@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.lifecycle import RequestState, SessionState
+from server.sessions.merge import merge_weight, merge_weights, staleness_merge
 from server.store import Store
-from server.version_merge import merge_weight, merge_weights
+from server.store.lifecycle import RequestState, SessionState
 from shared.errors import (
     AuthError,
     IllegalTransitionError,
@@ -21,8 +21,10 @@ from tests.conftest_store import make_weights, running_session
 
 
 def commit(
-    store: Store, session_id: int, weights: list[np.ndarray], sites: list[str], **kw
+    store: Store, session_id: int, weights: list[np.ndarray], sites: list[str], alpha: float | None = None
 ) -> object:
+    merge = staleness_merge if alpha is None else (
+        lambda head, candidate, staleness: merge_weights(head, candidate, staleness=staleness, alpha=alpha))
     return store.commit_session_result(
         session_id,
         weights,
@@ -30,7 +32,7 @@ def commit(
         dp_summary={"epsilon": 1.0},
         participants=sites,
         rounds=2,
-        **kw,
+        merge=merge,
     )
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from client.socket_client import SiteConnection
+from client.federation.socket_client import SiteConnection
 from scripts.make_certs import main as make_certs_main
 from scripts.make_certs import make_certs
-from server.request_socket import RequestServerThread
+from server.socket.request_socket import RequestServerThread
 from server.store import Store
 from shared.errors import ConfigError, ConnectionProblem, TargetNotEmptyError
 from shared.settings import load_settings
@@ -96,7 +96,7 @@ def test_flower_session_over_tls_refuses_a_site_trusting_another_ca(tmp_path: Pa
 
     import numpy as np
 
-    from server.session_runtime import run_session
+    from server.sessions.runtime import run_session
     from shared.errors import SessionFailedError
     from shared.tls import flower_certificates
     from tests.flower_fakes import ScriptedClient, free_port, run_in_thread

@@ -1,0 +1,188 @@
+"""Everything a hospital does, as plain functions: the menu, the subcommands and tests call these.
+
+Each function takes the site's ``SiteProfile`` (and settings where it needs them), talks to the
+request socket through ``SiteConnection`` and returns data; rendering is the caller's job.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from client.federation.socket_client import SiteConnection
+from client.menu.evaluation import Evaluation, evaluate_weights
+from client.site_profile import SiteProfile, save_profile
+from shared import protocol
+from shared.dataset_layout import DatasetScan, scan_dataset
+from shared.errors import ConfigError, NotFoundError, PrivacyBudgetExceeded
+from shared.settings import Settings
+
+#: ``progress(round, epoch, loss, accuracy)``, called after every local epoch.
+ProgressCallback = Callable[[int, int, float, float], None]
+
+#: Batch size assumed when a request's privacy cost is estimated before the admin decides.
+PLANNING_BATCH_SIZE = 16
+VALIDATION_FRACTION = 0.2
+
+
+def setup_site(settings: Settings, **fields: Any) -> SiteProfile:
+    """Create or replace the site's profile (server, token, data folder, budget)."""
+    site = fields["site"]
+    try:
+        profile = SiteProfile(state_dir=settings.site_dir(site), **fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"cannot set up site '{site}': {problems}", hint="Check the values and try again.") from None
+    scan_dataset(profile.data_root)  # a wrong folder layout is refused now, not at training time
+    save_profile(settings, profile)
+    return profile
+
+
+def connect(profile: SiteProfile, *, timeout: float = 30.0) -> SiteConnection:
+    return SiteConnection(profile.server_host, profile.server_port, profile.site, profile.token, timeout=timeout,
+                          tls_ca=profile.tls_ca)
+
+
+def dataset_summary(profile: SiteProfile) -> DatasetScan:
+    """Images per class and skipped files of the site's data folder."""
+    return scan_dataset(profile.data_root)
+
+
+def privacy_status(profile: SiteProfile) -> dict[str, float]:
+    """Spent (composed over every recorded run), budget and remaining epsilon at the budget's delta."""
+    ledger = _ledger(profile)
+    spent = ledger.spent()
+    return {"spent": spent, "budget": ledger.max_epsilon, "remaining": max(0.0, ledger.max_epsilon - spent),
+            "delta": ledger.delta}
+
+
+def planned_epsilon(profile: SiteProfile, *, rounds: int, local_epochs: int, dp: dict[str, Any]) -> float:
+    """Refuse a request whose training would exceed the budget; return the total it would leave.
+
+    The estimate uses the local training-set size and ``PLANNING_BATCH_SIZE``; every round is
+    checked again against the ledger before it trains, with the session's real batch size.
+    """
+    from client.training.accounting import dp_sgd_event, noise_for_target_epsilon
+
+    n_train = max(1, math.floor(dataset_summary(profile).total * (1 - VALIDATION_FRACTION)))
+    epochs = rounds * local_epochs
+    delta = float(dp.get("delta", profile.budget_delta))
+    noise = dp.get("noise_multiplier")
+    if noise is None:
+        noise = noise_for_target_epsilon(float(dp["target_epsilon"]), delta, n_train, PLANNING_BATCH_SIZE, epochs)
+    if float(noise) <= 0 and not profile.allow_no_dp:
+        raise PrivacyBudgetExceeded("training without noise has no finite epsilon and would exceed any budget",
+                                    hint="Only a site set up with allow_no_dp (benchmarks) may train without DP.")
+    return _ledger(profile).check_run(dp_sgd_event(float(noise), n_train, PLANNING_BATCH_SIZE, epochs))
+
+
+def dp_request(profile: SiteProfile, *, target_epsilon: float | None, noise: float | None,
+               delta: float | None = None, clip: float = 1.0) -> dict[str, Any]:
+    """The ``dp`` part of a request: a target epsilon or a noise multiplier, at the budget's delta."""
+    dp: dict[str, Any] = {"delta": delta or profile.budget_delta, "l2_norm_clip": clip}
+    if noise is not None:
+        dp["noise_multiplier"] = noise
+    else:
+        dp["target_epsilon"] = target_epsilon or 1.0
+    return dp
+
+
+def request_training(
+    profile: SiteProfile, *, rounds: int, local_epochs: int, dp: dict[str, Any], note: str = ""
+) -> protocol.RequestView:
+    """Check the privacy budget locally, then queue the request with the server."""
+    planned_epsilon(profile, rounds=rounds, local_epochs=local_epochs, dp=dp)
+    with connect(profile) as connection:
+        return connection.submit_request(rounds=rounds, local_epochs=local_epochs, dp=dp, note=note)
+
+
+def my_requests(profile: SiteProfile) -> list[protocol.RequestView]:
+    with connect(profile) as connection:
+        return connection.list_requests()
+
+
+def train(profile: SiteProfile, request: str | int, *, approval_timeout_s: float = 3600.0,
+          progress: ProgressCallback | None = None,
+          on_approved: Callable[[protocol.SessionTicket], None] | None = None) -> protocol.SessionTicket:
+    """Wait for approval of ``request`` and take part in its session until it ends."""
+    from client.federation.session_runner import train_for_request
+
+    with connect(profile) as connection:
+        return train_for_request(connection, profile, request, approval_timeout_s=approval_timeout_s,
+                                 progress=progress, on_approved=on_approved)
+
+
+def notifications(profile: SiteProfile, *, unread_only: bool = False) -> list[protocol.NotificationView]:
+    with connect(profile) as connection:
+        return connection.notifications(unread_only=unread_only)
+
+
+def new_notifications(profile: SiteProfile) -> list[protocol.NotificationView]:
+    """Unread notifications, marked read now that they are shown (the menu's notices)."""
+    with connect(profile) as connection:
+        unread = connection.notifications(unread_only=True)
+        if unread:
+            connection.acknowledge([n.id for n in unread])
+    return unread
+
+
+def available_updates(profile: SiteProfile) -> list[protocol.VersionView]:
+    """Versions this site may download: released to it, or trained with it."""
+    with connect(profile) as connection:
+        return connection.list_versions()
+
+
+def accept_update(profile: SiteProfile, number: int) -> Path:
+    """Download version ``number`` (sha256-verified), save it as a Keras .h5 model and log it."""
+    from client.training.model_files import save_global_model
+
+    with connect(profile) as connection:
+        version = next((v for v in connection.list_versions() if v.number == number), None)
+        if version is None:
+            raise NotFoundError(f"version v{number} is not available to site '{profile.site}'",
+                                hint="List the available updates first.")
+        weights_path, sha256 = connection.download_version(number, profile.models_dir / f"v{number}.npz")
+        h5_path = save_global_model(
+            weights_path, sha256, version.model, profile.models_dir / f"{profile.site}_FinalGlobal_v{number}.h5",
+            backbone_weights=profile.backbone_weights,
+        )
+        connection.accept_update(number)
+    _log_version(profile, {"version": number, "sha256": sha256, "h5": str(h5_path), "npz": str(weights_path),
+                           "metrics": version.metrics, "model": version.model})
+    return h5_path
+
+
+def evaluate_version(profile: SiteProfile, number: int) -> Evaluation:
+    """Accuracy and confusion matrix of an accepted version on every local image (no network)."""
+    entry = next((e for e in reversed(version_log(profile)) if e["version"] == number), None)
+    if entry is None:
+        raise NotFoundError(f"v{number} has not been accepted on site '{profile.site}'",
+                            hint=f"Accept it first: fl-client --site {profile.site} accept v{number}")
+    return evaluate_weights(number, Path(entry["npz"]), entry["sha256"], entry["model"], profile.data_root,
+                            backbone_weights=profile.backbone_weights)
+
+
+def version_log(profile: SiteProfile) -> list[dict[str, Any]]:
+    if not profile.version_log.exists():
+        return []
+    return [json.loads(line) for line in profile.version_log.read_text(encoding="utf-8").splitlines() if line]
+
+
+def _log_version(profile: SiteProfile, entry: dict[str, Any]) -> None:
+    profile.version_log.parent.mkdir(parents=True, exist_ok=True)
+    stamped = {"accepted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **entry}
+    with profile.version_log.open("a", encoding="utf-8") as log:
+        log.write(json.dumps(stamped) + "\n")
+
+
+def _ledger(profile: SiteProfile) -> Any:
+    from client.training.ledger import PrivacyLedger
+
+    return PrivacyLedger(profile.ledger_path, max_epsilon=profile.budget_epsilon, delta=profile.budget_delta,
+                         allow_no_dp=profile.allow_no_dp)

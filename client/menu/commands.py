@@ -1,0 +1,145 @@
+"""The ``fl-client --site NAME`` subcommands: arguments in, ``site_actions`` called, ``views`` printed.
+
+The hospital menu (``site_menu``) calls the same ``show_*``/``send_request``/``train_request``
+functions, so both print the same tables and messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from rich.console import Console
+
+from client.menu import actions as site_actions
+from client.menu import views
+from client.menu.training_display import TrainingDisplay
+from client.site_profile import SiteProfile
+from shared.errors import UsageError
+from shared.settings import Settings
+from shared.terminal import make_console
+
+console = make_console()
+
+Handler = Callable[[argparse.Namespace, SiteProfile], int]
+
+
+def parse_server(text: str) -> tuple[str, int]:
+    """``host:port`` (or ``:port``) -> ``(host, port)``."""
+    host, _, port = text.strip().rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"the server must be host:port, e.g. 127.0.0.1:9090 (got {text!r})")
+    return host or "127.0.0.1", int(port)
+
+
+def setup(args: argparse.Namespace, settings: Settings) -> int:
+    host, port = parse_server(args.server)
+    profile = site_actions.setup_site(
+        settings, site=args.site, token=args.token, data_root=args.data, server_host=host, server_port=port,
+        budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta, backbone_weights=args.backbone_weights,
+        tls_ca=args.tls_ca)
+    print_setup(console, profile)
+    return 0
+
+
+def print_setup(out: Console, profile: SiteProfile) -> None:
+    out.print(f"site {profile.site} set up: data {profile.data_root}, server "
+              f"{profile.server_host}:{profile.server_port}, budget epsilon {profile.budget_epsilon:g}")
+
+
+def send_request(out: Console, profile: SiteProfile, *, rounds: int, local_epochs: int, dp: dict,
+                 note: str) -> str:
+    """Check the budget, send the request, say so; returns its label (``REQ-n``)."""
+    view = site_actions.request_training(profile, rounds=rounds, local_epochs=local_epochs, dp=dp, note=note)
+    out.print(f"sent {view.label} ({view.state}); the admin will approve or reject it")
+    return view.label
+
+
+def train_request(out: Console, profile: SiteProfile, request: str, timeout: float) -> int:
+    """Wait for approval, then train with the live display; 0 once the session is over."""
+    out.print(f"waiting for approval of {request} (Ctrl-C stops waiting) ...")
+    with TrainingDisplay(out) as display:
+        ticket = site_actions.train(profile, request, approval_timeout_s=timeout, progress=display.epoch_done,
+                                    on_approved=display.approved)
+    out.print(f"session {ticket.session_id} finished; see the available updates")
+    return 0
+
+
+def show_dataset(out: Console, profile: SiteProfile) -> None:
+    scan = site_actions.dataset_summary(profile)
+    out.print(views.dataset_table(scan))
+    if scan.skipped:
+        out.print(views.skipped_table(scan))
+
+
+def show_privacy(out: Console, profile: SiteProfile) -> None:
+    out.print(views.privacy_table(site_actions.privacy_status(profile)))
+
+
+def accept(out: Console, profile: SiteProfile, number: int) -> None:
+    out.print(f"downloading v{number} ...")
+    path = site_actions.accept_update(profile, number)
+    out.print(f"saved {path} (sha256 verified)")
+
+
+def evaluate(out: Console, profile: SiteProfile, number: int) -> None:
+    out.print(f"evaluating v{number} on the local images ...")
+    out.print(views.evaluation_view(site_actions.evaluate_version(profile, number)))
+
+
+def _request(args: argparse.Namespace, profile: SiteProfile) -> int:
+    dp = site_actions.dp_request(profile, target_epsilon=args.target_epsilon, noise=args.noise, delta=args.delta,
+                                 clip=args.clip)
+    label = send_request(console, profile, rounds=args.rounds, local_epochs=args.local_epochs, dp=dp, note=args.note)
+    return train_request(console, profile, label, args.timeout) if args.train else 0
+
+
+def _requests(args: argparse.Namespace, profile: SiteProfile) -> int:
+    console.print(views.requests_table(site_actions.my_requests(profile)))
+    return 0
+
+
+def _train(args: argparse.Namespace, profile: SiteProfile) -> int:
+    return train_request(console, profile, args.request, args.timeout)
+
+
+def _notifications(args: argparse.Namespace, profile: SiteProfile) -> int:
+    console.print(views.notifications_table(site_actions.notifications(profile, unread_only=args.unread)))
+    return 0
+
+
+def _updates(args: argparse.Namespace, profile: SiteProfile) -> int:
+    console.print(views.versions_table(site_actions.available_updates(profile)))
+    return 0
+
+
+def _accept(args: argparse.Namespace, profile: SiteProfile) -> int:
+    accept(console, profile, args.version)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, profile: SiteProfile) -> int:
+    evaluate(console, profile, args.version)
+    return 0
+
+
+def _dataset(args: argparse.Namespace, profile: SiteProfile) -> int:
+    show_dataset(console, profile)
+    return 0
+
+
+def _privacy(args: argparse.Namespace, profile: SiteProfile) -> int:
+    show_privacy(console, profile)
+    return 0
+
+
+def _log(args: argparse.Namespace, profile: SiteProfile) -> int:
+    console.print(views.version_log_table(site_actions.version_log(profile)))
+    return 0
+
+
+COMMANDS: dict[str, Handler] = {
+    "request": _request, "requests": _requests, "train": _train, "notifications": _notifications,
+    "updates": _updates, "accept": _accept, "evaluate": _evaluate, "dataset": _dataset, "privacy": _privacy,
+    "log": _log,
+}

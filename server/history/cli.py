@@ -1,0 +1,68 @@
+"""``fl-history``: the analyst's read-only view of the model history.
+
+With no subcommand, an interactive browser; with one, that view and exit. The store is opened
+read-only (SQLite ``mode=ro``, read-only transactions elsewhere), so nothing here can write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from server.history.commands import COMMANDS
+from server.history.export import FORMATS
+from server.store import Store
+from shared.cli_types import version_number
+from shared.errors import FLError
+from shared.settings import load_settings
+from shared.terminal import make_console, print_error
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fl-history", description="Browse the model history (read-only). "
+                                     "Without a command: the interactive browser.")
+    parser.add_argument("--home", type=Path, help="the server's FL_HOME (default: FL_HOME or ./var)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("versions", help="every version with its accuracy")
+    commands.add_parser("lineage", help="the version tree; merges with their weights")
+    commands.add_parser("show", help="one version: lineage, rounds, privacy").add_argument("number", type=version_number)
+    commands.add_parser("rounds", help="per-round metrics of a version's session").add_argument(
+        "number", type=version_number)
+    compare = commands.add_parser("compare", help="metrics, participants, privacy, L2 distance of two versions")
+    compare.add_argument("a", type=version_number)
+    compare.add_argument("b", type=version_number)
+    commands.add_parser("sites", help="per-site contribution and epsilon over time")
+    export = commands.add_parser("export", help="versions, rounds, sites as CSV or JSON files")
+    export.add_argument("--format", choices=FORMATS, default="csv")
+    export.add_argument("--out", type=Path, required=True, help="folder for the files")
+    plot = commands.add_parser("plot", help="PNG plots; prints the file names")
+    plot.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
+    plot.add_argument("--study", type=Path, help="privacy-utility JSON from bench/privacy_utility.py")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    console = make_console()
+    try:
+        settings = load_settings(**({"home": args.home} if args.home else {}))
+        store = Store.open(settings, readonly=True)
+    except FLError as error:
+        print_error(console, error)
+        return 1
+    try:
+        if args.command is None:
+            from server.history.browser import run_browser
+
+            return run_browser(store, console)
+        return COMMANDS[args.command](args, store, console)
+    except FLError as error:
+        print_error(console, error)
+        return 1
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Run one approved session: a Flower gRPC server with ``AdmittedFedProx``, then commit a version.
+
+With the session option ``secure_aggregation`` the strategy is ``SecureFedProx``: the same
+FedProx, but the server only ever sees the weighted sum of the sites' updates.
+
+This is the body of the per-session process (``server.sessions.process``); it is importable so
+tests can run a session in-process against a real store and real Flower clients.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.server.server import Server, run_fl
+from flwr.server.server_config import ServerConfig
+from flwr.server.superlink.fleet.grpc_bidi.grpc_server import start_grpc_server
+
+from server.sessions.admission import AdmissionClientManager
+from server.sessions.fedprox import AdmittedFedProx
+from server.sessions.merge import staleness_merge
+from server.sessions.secure_fedprox import SecureFedProx
+from server.store import Store
+from server.store.lifecycle import SessionState
+from shared import secagg_protocol
+from shared.errors import SessionFailedError
+
+log = logging.getLogger(__name__)
+
+#: Keys of a session's config that are sent to every client every round.
+ROUND_CONFIG_KEYS = ("local_epochs", "batch_size", "learning_rate")
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """How long to wait, how far to trust, as chosen at approval (see ``SessionManager``)."""
+
+    rounds: int
+    proximal_mu: float
+    min_clients: int
+    join_timeout_s: float
+    round_timeout_s: float
+    max_update_norm: float
+    secure_aggregation: bool = False
+    secagg_threshold: int | None = None
+    secagg_clip_range: float = secagg_protocol.DEFAULT_CLIP_RANGE
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> SessionOptions:
+        """Sessions stored before secure aggregation existed (no key) run as they were approved."""
+        threshold = config.get("secagg_threshold")
+        return cls(
+            rounds=int(config["rounds"]),
+            proximal_mu=float(config["proximal_mu"]),
+            min_clients=int(config["min_clients"]),
+            join_timeout_s=float(config["join_timeout_s"]),
+            round_timeout_s=float(config["round_timeout_s"]),
+            max_update_norm=float(config["max_update_norm"]),
+            secure_aggregation=bool(config.get("secure_aggregation", False)),
+            secagg_threshold=None if threshold is None else int(threshold),
+            secagg_clip_range=float(config.get("secagg_clip_range", secagg_protocol.DEFAULT_CLIP_RANGE)),
+        )
+
+
+def run_session(
+    store: Store,
+    session_id: int,
+    *,
+    port: int,
+    host: str = "127.0.0.1",
+    certificates: tuple[bytes, bytes, bytes] | None = None,
+) -> int:
+    """Serve the session's rounds, commit the result, and return the new version number.
+
+    Raises ``SessionFailedError`` (after marking the session FAILED) when sites do not show
+    up or too few valid updates arrive.
+    """
+    session = store.get_session(session_id)
+    options = SessionOptions.from_config(session.config)
+    strategy = _strategy(store, session_id, options)
+    client_manager = AdmissionClientManager(
+        participants=list(session.participants),
+        verify_secret=strategy.verify_secret,
+        min_clients=options.min_clients,
+        join_timeout_s=options.join_timeout_s,
+        on_reject=strategy.on_reject,
+    )
+    grpc_server = start_grpc_server(
+        client_manager=client_manager,
+        server_address=f"{host}:{port}",
+        certificates=certificates,
+    )
+    log.info("session %d: Flower server on %s:%d", session_id, host, port)
+    try:
+        run_fl(
+            Server(client_manager=client_manager, strategy=strategy),
+            ServerConfig(num_rounds=options.rounds, round_timeout=options.round_timeout_s),
+        )
+    except SessionFailedError as exc:
+        store.finish_session(session_id, state=SessionState.FAILED, reason=str(exc))
+        raise
+    finally:
+        grpc_server.stop(grace=1)
+    version = store.commit_session_result(
+        session_id,
+        strategy.global_weights,
+        metrics=strategy.last_metrics,
+        dp_summary=strategy.privacy_report,
+        participants=sorted(strategy.privacy_report),
+        rounds=options.rounds,
+        merge=staleness_merge,
+    )
+    log.info("session %d committed v%d", session_id, version.number)
+    return version.number
+
+
+def _strategy(store: Store, session_id: int, options: SessionOptions) -> AdmittedFedProx:
+    session = store.get_session(session_id)
+    actor = f"session-{session_id}"
+
+    def record_round(round_number: int, phase: str, metrics: dict, per_site: dict) -> None:
+        store.record_round(
+            session_id, round_number=round_number, phase=phase, metrics=metrics, per_site=per_site
+        )
+
+    def record_rejection(round_number: int, phase: str, who: str, reason: str) -> None:
+        store.audit(actor, "result_dropped", {"round": round_number, "phase": phase,
+                                              "from": who, "reason": reason})
+
+    common: dict[str, Any] = dict(
+        participants=list(session.participants),
+        verify_secret=lambda site, secret: store.verify_session_secret(session_id, site, secret),
+        initial_weights=store.load_weights(session.base_version),
+        proximal_mu=options.proximal_mu,
+        round_config={
+            "session_id": session_id,
+            "num_rounds": options.rounds,
+            **{k: session.config[k] for k in ROUND_CONFIG_KEYS if k in session.config},
+        },
+        min_results=options.min_clients,
+        max_update_norm=options.max_update_norm,
+        on_round=record_round,
+        on_reject=record_rejection,
+    )
+    if not options.secure_aggregation:
+        return AdmittedFedProx(**common)
+    return SecureFedProx(
+        **common,
+        threshold=options.secagg_threshold,
+        clip_range=options.secagg_clip_range,
+        stage_timeout_s=options.round_timeout_s,
+    )

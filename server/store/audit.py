@@ -1,0 +1,42 @@
+"""The audit trail as the store exposes it: append, verify the chain, list entries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from server.store import audit_chain
+from server.store.base import StoreBase
+from server.store.models import (
+    AuditRow,
+)
+from server.store.records import (
+    AuditEntry,
+    AuditVerdict,
+)
+
+
+class AuditStore(StoreBase):
+    """The audit trail through the store."""
+
+    def audit(self, actor: str, action: str, detail: dict[str, Any]) -> None:
+        with self._write() as session:
+            audit_chain.append(session, actor, action, detail)
+
+    def verify_audit(self) -> AuditVerdict:
+        with self._read() as session:
+            return audit_chain.verify_chain(session)
+
+    def audit_trail(self, *, action: str | None = None, actor: str | None = None) -> list[AuditEntry]:
+        """Audit rows oldest first, optionally of one action or actor (for the admin and tests)."""
+        query = select(AuditRow).order_by(AuditRow.id)
+        if action is not None:
+            query = query.where(AuditRow.action == action)
+        if actor is not None:
+            query = query.where(AuditRow.actor == actor)
+        with self._read() as session:
+            return [AuditEntry(r.id, r.at, r.actor, r.action, dict(r.detail)) for r in session.scalars(query)]
+
+
