@@ -22,7 +22,6 @@ import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from client.training.accounting import noise_for_target_epsilon  # noqa: E402
 from client.training.data import load_site_data  # noqa: E402
 from client.training.dp_training import DPConfig, LocalTraining, train_dp  # noqa: E402
 from client.training.feature_cache import compute_features  # noqa: E402
@@ -32,6 +31,7 @@ from shared.classifier import (  # noqa: E402
     get_trainable_weights,
     set_trainable_weights,
 )
+from shared.privacy_accounting import noise_for_target_epsilon  # noqa: E402
 
 DELTA = 1e-5
 

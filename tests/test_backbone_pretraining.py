@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from client.training.accounting import epsilon_for, noise_for_target_epsilon
 from client.training.backbone_pretraining import (
     PretrainConfig,
     PretrainReport,
@@ -23,6 +22,7 @@ from scripts.make_sample_data import generate_sample_dataset, image_rng, render_
 from shared.classifier import backbone_fingerprint, build_classifier
 from shared.dataset_layout import CLASS_NAMES
 from shared.errors import TargetNotEmptyError
+from shared.privacy_accounting import epsilon_for, noise_for_target_epsilon
 
 SIZE = 32
 #: Small enough for the session fixture to stay within about a minute on 2 CPU cores.

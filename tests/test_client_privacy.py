@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from client.training.accounting import (
+from client.training.ledger import PrivacyLedger
+from shared.errors import PrivacyBudgetExceeded
+from shared.privacy_accounting import (
     compose,
     dp_sgd_event,
     epsilon_for,
@@ -14,8 +16,6 @@ from client.training.accounting import (
     event_to_json,
     noise_for_target_epsilon,
 )
-from client.training.ledger import PrivacyLedger
-from shared.errors import PrivacyBudgetExceeded
 
 DELTA = 1e-5
 

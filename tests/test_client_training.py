@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from client.training.accounting import epsilon_for, noise_for_target_epsilon
 from client.training.data import image_dataset, load_site_data
 from client.training.dp_training import DPConfig, LocalTraining, train_dp
 from client.training.feature_cache import compute_features
@@ -19,6 +18,7 @@ from shared.classifier import (
     initial_global_weights,
     set_trainable_weights,
 )
+from shared.privacy_accounting import epsilon_for, noise_for_target_epsilon
 from tests.conftest_client import IMAGE_SIZE
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from client.menu.actions import planned_epsilon, setup_site
-from client.training.accounting import dp_sgd_event
 from client.training.ledger import PrivacyLedger
 from shared.errors import PrivacyBudgetExceeded
+from shared.privacy_accounting import dp_sgd_event
 from shared.protocol import DpSpec
 from shared.settings import load_settings
 

@@ -27,7 +27,6 @@ import tensorflow as tf
 from flwr.client import NumPyClient
 from flwr.common import Scalar
 
-from client.training.accounting import dp_sgd_event, noise_for_target_epsilon
 from client.training.data import SiteData, image_dataset, load_site_data
 from client.training.dp_training import DPConfig, LocalTraining, train_dp
 from client.training.feature_cache import cached_features, compute_features
@@ -41,6 +40,7 @@ from shared.classifier import (
     set_trainable_weights,
 )
 from shared.errors import ConfigError
+from shared.privacy_accounting import dp_sgd_event, noise_for_target_epsilon
 
 #: Called after every local epoch with (round, epoch, loss, accuracy).
 ProgressCallback = Callable[[int, int, float, float], None]

@@ -68,7 +68,7 @@ def planned_epsilon(profile: SiteProfile, *, rounds: int, local_epochs: int, dp:
     The estimate uses the local training-set size and ``PLANNING_BATCH_SIZE``; every round is
     checked again against the ledger before it trains, with the session's real batch size.
     """
-    from client.training.accounting import dp_sgd_event, noise_for_target_epsilon
+    from shared.privacy_accounting import dp_sgd_event, noise_for_target_epsilon
 
     n_train = max(1, math.floor(dataset_summary(profile).total * (1 - VALIDATION_FRACTION)))
     epochs = rounds * local_epochs

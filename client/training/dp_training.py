@@ -30,9 +30,9 @@ import tensorflow as tf
 from tensorflow_privacy.privacy.fast_gradient_clipping import layer_registry
 from tensorflow_privacy.privacy.keras_models.dp_keras_model import DPModel
 
-from client.training.accounting import dp_sgd_event
 from shared.classifier import get_trainable_weights
 from shared.errors import ConfigError
+from shared.privacy_accounting import dp_sgd_event
 
 #: Called after every local epoch with (epoch, loss, accuracy).
 EpochCallback = Callable[[int, float, float], None]

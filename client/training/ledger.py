@@ -18,13 +18,13 @@ from pathlib import Path
 
 import dp_accounting
 
-from client.training.accounting import (
+from shared.errors import PrivacyBudgetExceeded
+from shared.privacy_accounting import (
     compose,
     epsilon_for,
     event_from_json,
     event_to_json,
 )
-from shared.errors import PrivacyBudgetExceeded
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS privacy_events (

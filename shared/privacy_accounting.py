@@ -40,14 +40,23 @@ def sampling_probability(n: int, batch_size: int) -> float:
     return min(1.0, batch_size / n)
 
 
+def poisson_gaussian_event(
+    noise_multiplier: float, sampling_rate: float, steps: int
+) -> dp_accounting.DpEvent:
+    """``steps`` Gaussian steps, each on a Poisson sample drawn with probability ``sampling_rate``."""
+    step = dp_accounting.PoissonSampledDpEvent(
+        sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier)
+    )
+    return dp_accounting.SelfComposedDpEvent(step, steps)
+
+
 def dp_sgd_event(
     noise_multiplier: float, n: int, batch_size: int, epochs: int
 ) -> dp_accounting.DpEvent:
     """The DpEvent of ``epochs`` epochs of DP-SGD over ``n`` examples (Poisson assumption)."""
-    step = dp_accounting.PoissonSampledDpEvent(
-        sampling_probability(n, batch_size), dp_accounting.GaussianDpEvent(noise_multiplier)
+    return poisson_gaussian_event(
+        noise_multiplier, sampling_probability(n, batch_size), steps_for(n, batch_size, epochs)
     )
-    return dp_accounting.SelfComposedDpEvent(step, steps_for(n, batch_size, epochs))
 
 
 def compose(events: list[dp_accounting.DpEvent]) -> dp_accounting.DpEvent:
