@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import attr
@@ -48,6 +49,40 @@ def poisson_gaussian_event(
         sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier)
     )
     return dp_accounting.SelfComposedDpEvent(step, steps)
+
+
+@dataclass(frozen=True)
+class DpSchedule:
+    """One local DP-SGD run as the accountant sees it, fixed before training starts.
+
+    Each of ``steps`` steps includes every example independently with probability
+    ``sampling_rate`` (Poisson subsampling), clips each example's gradient to ``l2_norm_clip`` and
+    adds Gaussian noise of standard deviation ``noise_multiplier * l2_norm_clip`` to the sum. The
+    server decides it from the approved request and the site trains exactly it, so both ledgers
+    count the same event.
+    """
+
+    noise_multiplier: float
+    sampling_rate: float
+    steps: int
+    l2_norm_clip: float
+
+    def __post_init__(self) -> None:
+        if not (self.noise_multiplier >= 0 and 0 < self.sampling_rate <= 1 and self.steps >= 0
+                and self.l2_norm_clip > 0):
+            raise ValueError(f"not a DP-SGD schedule: {self}")
+
+    @classmethod
+    def for_epochs(
+        cls, *, noise_multiplier: float, l2_norm_clip: float, examples: int, batch_size: int,
+        epochs: int,
+    ) -> DpSchedule:
+        """``epochs`` expected passes over ``examples`` with expected batch ``batch_size``."""
+        rate = sampling_probability(examples, batch_size)
+        return cls(noise_multiplier, rate, math.ceil(epochs / rate), l2_norm_clip)
+
+    def event(self) -> dp_accounting.DpEvent:
+        return poisson_gaussian_event(self.noise_multiplier, self.sampling_rate, self.steps)
 
 
 def dp_sgd_event(
