@@ -78,7 +78,16 @@ def _parser() -> argparse.ArgumentParser:
     cleanup.add_argument("--keep", type=int, default=5)
     cleanup.add_argument("--yes", action="store_true")
     commands.add_parser("audit", help="verify the audit log's hash chain")
+    _analyst_token_options(commands.add_parser(
+        "analyst-token", help="dashboard tokens for analysts (fl-history web off loopback)"))
     return parser
+
+
+def _analyst_token_options(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="token_action", metavar="ACTION", required=True)
+    actions.add_parser("create", help="a new token for an analyst, shown once").add_argument("name")
+    actions.add_parser("revoke", help="revoke an analyst's token at once").add_argument("name")
+    actions.add_parser("list", help="every analyst token (never the secret)")
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:

@@ -203,9 +203,23 @@ def _audit(args: argparse.Namespace, store: Store, settings: Settings) -> int:
     return 0 if verdict.ok else 1
 
 
+def _analyst_token(args: argparse.Namespace, store: Store, settings: Settings) -> int:
+    if args.token_action == "create":
+        analyst, token = store.create_analyst_token(args.name)
+        console.print(f"analyst token for {analyst.name} (shown only now; it opens the dashboard):")
+        console.print(f"token: {token}", markup=False, soft_wrap=True)
+    elif args.token_action == "revoke":
+        revoked = store.revoke_analyst_token(args.name)
+        console.print(f"revoked {len(revoked)} token(s) of {args.name}; the dashboard refuses them now")
+    else:
+        console.print(views.analyst_tokens_table(store.list_analyst_tokens()))
+    return 0
+
+
 COMMANDS: dict[str, Handler] = {
     "init": _init, "serve": _serve, "enrol": _enrol, "disable": _disable, "sites": _sites,
     "requests": _requests, "approve": _approve, "reject": _reject, "requeue": _requeue,
     "sessions": _sessions, "stop": _stop, "history": _history, "stats": _stats, "versions": _versions,
     "version": _version, "export": _export, "rollback": _rollback, "cleanup": _cleanup, "audit": _audit,
+    "analyst-token": _analyst_token,
 }

@@ -21,6 +21,7 @@ from server.history.version_views import (  # noqa: F401  (re-exported for the c
     version_details_view,
     versions_table,
 )
+from server.store.analysts import AnalystInfo
 from server.store.records import (
     CleanupReport,
     RequestInfo,
@@ -126,4 +127,15 @@ def cleanup_table(report: CleanupReport) -> Table:
     table = narrow_table(f"Clean-up {verb} {report.freed_bytes / 1e6:.2f} MB", "kept", "removed", "orphan files")
     table.add_row(", ".join(f"v{n}" for n in report.kept), ", ".join(f"v{n}" for n in report.removed),
                   str(len(report.orphans)))
+    return table
+
+
+def analyst_tokens_table(tokens: list[AnalystInfo]) -> Table:
+    """Dashboard tokens: who, when, whether revoked; the secret is never stored, so never shown."""
+    table = narrow_table("Analyst tokens (fl-history web)", "id", "analyst", "created", "by", "state")
+    for t in tokens:
+        table.add_row(str(t.id), t.name, _when(t.created_at), t.created_by,
+                      "active" if t.active else f"revoked {_when(t.revoked_at)}")
+    if not tokens:
+        table.add_row("", "none yet: fl-server analyst-token create NAME", "", "", "")
     return table

@@ -39,7 +39,18 @@ def _parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="PNG plots; prints the file names")
     plot.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
     plot.add_argument("--study", type=Path, help="privacy-utility JSON from bench/privacy_utility.py")
+    web = commands.add_parser("web", help="the same views in a browser (read-only dashboard)")
+    web.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default 127.0.0.1; any other needs TLS and an analyst token)")
+    web.add_argument("--port", type=_port, default=8050, help="default 8050")
     return parser
+
+
+def _port(text: str) -> int:
+    port = int(text) if text.isdigit() else -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r} (use 0-65535)")
+    return port
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             from server.history.browser import run_browser
 
             return run_browser(store, console)
+        if args.command == "web":  # imported here: the terminal views need no web stack
+            from server.history.web.serve import serve
+
+            return serve(store, settings, console, host=args.host, port=args.port)
         return COMMANDS[args.command](args, store, console)
     except FLError as error:
         print_error(console, error)

@@ -8,11 +8,12 @@ mappings (metrics, DP summary) are compact JSON text.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from server.history.queries import all_rounds, metric, site_contributions
 from server.store import Store
@@ -57,17 +58,33 @@ def export(store: Store, out_dir: Path, fmt: str) -> list[Path]:
 
 
 def _write_json(path: Path, rows: list[Row]) -> Path:
-    path.write_text(json.dumps(rows, indent=2, default=_text) + "\n", encoding="utf-8")
+    path.write_text(json_text(rows), encoding="utf-8")
     return path
 
 
 def _write_csv(path: Path, rows: list[Row]) -> Path:
     with path.open("w", newline="", encoding="utf-8") as out:
-        if rows:
-            writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows({key: _cell(value) for key, value in row.items()} for row in rows)
+        _csv_rows(out, rows)
     return path
+
+
+def csv_text(rows: list[Row]) -> str:
+    """The CSV a table would get in a file, as text (the dashboard's downloads)."""
+    out = io.StringIO(newline="")
+    _csv_rows(out, rows)
+    return out.getvalue()
+
+
+def json_text(rows: list[Row]) -> str:
+    """The JSON a table would get in a file, as text (the dashboard's downloads)."""
+    return json.dumps(rows, indent=2, default=_text) + "\n"
+
+
+def _csv_rows(out: TextIO, rows: list[Row]) -> None:
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({key: _cell(value) for key, value in row.items()} for row in rows)
 
 
 def _cell(value: Any) -> Any:

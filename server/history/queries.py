@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from server.store import Store
-from server.store.records import RoundInfo, VersionInfo
+from server.store.lifecycle import LIVE_SESSION_STATES
+from server.store.records import AuditEntry, AuditVerdict, RoundInfo, SessionInfo, VersionInfo
 
 
 @dataclass(frozen=True)
@@ -191,3 +192,84 @@ def version_details(store: Store, number: int) -> VersionDetails:
     version = store.get_version(number)
     rounds = store.session_rounds(version.session_id) if version.session_id is not None else []
     return VersionDetails(version, store.list_versions(), rounds)
+
+
+@dataclass(frozen=True)
+class SessionOverview:
+    """A session and how far it got, counted as the admin's live view counts (evaluated rounds)."""
+
+    session: SessionInfo
+    rounds: list[RoundInfo]
+
+    @property
+    def rounds_done(self) -> int:
+        return sum(1 for r in self.rounds if r.phase == "evaluate")
+
+    @property
+    def rounds_total(self) -> int | None:
+        total = self.session.config.get("rounds")
+        return int(total) if isinstance(total, (int, float)) else None
+
+    @property
+    def last_accuracy(self) -> float | None:
+        evaluated = [r for r in self.rounds if r.phase == "evaluate"]
+        return _number(evaluated[-1].metrics.get("accuracy")) if evaluated else None
+
+    @property
+    def last_fit_loss(self) -> float | None:
+        fits = [r for r in self.rounds if r.phase == "fit"]
+        return _number(fits[-1].metrics.get("loss")) if fits else None
+
+    @property
+    def round_rows(self) -> list[RoundRow]:
+        """The rounds as ``fl-history rounds`` rows; ``version`` is -1 while the session made none."""
+        number = self.session.version_number
+        return [_round_row(-1 if number is None else number, r) for r in self.rounds]
+
+
+def sessions_overview(store: Store, *, finished_limit: int | None = None) -> list[SessionOverview]:
+    """Sessions newest first with their recorded rounds: every live one, and the latest
+    ``finished_limit`` that ended (all when None)."""
+    sessions = list(reversed(store.list_sessions()))
+    live = [s for s in sessions if s.state in LIVE_SESSION_STATES]
+    ended = [s for s in sessions if s.state not in LIVE_SESSION_STATES][:finished_limit]
+    chosen = sorted(live + ended, key=lambda s: s.id, reverse=True)
+    return [SessionOverview(s, store.session_rounds(s.id)) for s in chosen]
+
+
+def session_overview(store: Store, session_id: int) -> SessionOverview:
+    """One session with its rounds; NotFoundError when there is no such session."""
+    return SessionOverview(store.get_session(session_id), store.session_rounds(session_id))
+
+
+def privacy_over_time(store: Store) -> list[EpsilonPoint]:
+    """Every privacy report, oldest first: the one source of the dashboard's privacy page.
+
+    Today these are the reports the sites' accountants sent after each fit round (the same
+    points as ``fl-history sites``). When the server keeps its own privacy ledger, point this
+    function at it and the page and its API follow.
+    """
+    points = [p for c in site_contributions(store) for p in c.points]
+    return sorted(points, key=lambda p: (p.recorded_at, p.site, p.session_id, p.round_number))
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """One page of the audit log, newest first, with the verdict on the whole chain."""
+
+    entries: list[AuditEntry]
+    page: int
+    per_page: int
+    total: int
+    verdict: AuditVerdict
+
+    @property
+    def pages(self) -> int:
+        return max(1, math.ceil(self.total / self.per_page))
+
+
+def audit_page(store: Store, page: int, per_page: int) -> AuditPage:
+    """Page ``page`` (from 1) of ``per_page`` rows; the chain is verified whole on every call."""
+    entries, total = store.audit_page(offset=(page - 1) * per_page, limit=per_page)
+    return AuditPage(entries, page, per_page, total, store.verify_audit())
+

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from server.store import audit_chain
 from server.store.base import StoreBase
@@ -39,4 +39,9 @@ class AuditStore(StoreBase):
         with self._read() as session:
             return [AuditEntry(r.id, r.at, r.actor, r.action, dict(r.detail)) for r in session.scalars(query)]
 
-
+    def audit_page(self, *, offset: int, limit: int) -> tuple[list[AuditEntry], int]:
+        """``limit`` audit rows newest first, skipping ``offset``, and how many rows there are (the dashboard's pages)."""
+        query = select(AuditRow).order_by(AuditRow.id.desc()).offset(offset).limit(limit)
+        with self._read() as session:
+            total = session.scalar(select(func.count()).select_from(AuditRow)) or 0
+            return [AuditEntry(r.id, r.at, r.actor, r.action, dict(r.detail)) for r in session.scalars(query)], total

@@ -1,7 +1,7 @@
 """The store: the one API through which the socket, the sessions, the menus and analysts share state.
 
 ``Store`` composes one class per concern (sites, requests, sessions, versions, clean-up,
-notifications, audit), so callers keep a single object while each concern lives in its own
+notifications, audit, analyst tokens), so callers keep a single object while each concern lives in its own
 module. Every method runs in its own short transaction and returns frozen records (never ORM
 objects). Each admin and session action appends its audit row inside the same transaction as
 the change, so the log never disagrees with the data.
@@ -9,6 +9,7 @@ the change, so the log never disagrees with the data.
 
 from __future__ import annotations
 
+from server.store.analysts import AnalystStore
 from server.store.audit import AuditStore
 from server.store.cleanup import CleanupStore
 from server.store.notifications import NotificationStore
@@ -26,5 +27,6 @@ class Store(
     CleanupStore,
     NotificationStore,
     AuditStore,
+    AnalystStore,
 ):
     """Repository facade over the database and the versions folder."""

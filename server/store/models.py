@@ -219,3 +219,20 @@ class AuditRow(Base):
     detail: Mapped[dict[str, Any]]
     prev_hash: Mapped[str] = mapped_column(String(64))
     row_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AnalystToken(Base):
+    """A dashboard token for one analyst (``fl-history web`` off loopback).
+
+    Only the scrypt hash of the secret part is kept; revoking stamps ``revoked_at`` and keeps the
+    row, so the audit log's references stay resolvable.
+    """
+
+    __tablename__ = "analyst_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    token_hash: Mapped[str] = mapped_column(String(256))
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]

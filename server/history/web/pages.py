@@ -1,0 +1,95 @@
+"""The HTML pages: each renders the object its ``/api`` twin returns (``api.*_model``).
+
+Tables are plain HTML (sorting is a link, paging is a link), so every page reads without
+JavaScript; charts and the live sessions table add to it when scripts run.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import FileResponse, RedirectResponse, Response
+
+from server.history.web import api, charts
+from server.history.web.api import (
+    Order,
+    PageNumber,
+    PerPage,
+    SessionId,
+    SessionLimit,
+    SortKey,
+    StoreDep,
+    VersionNumber,
+)
+from server.history.web.templating import render
+
+router = APIRouter(include_in_schema=False)
+
+LIVE_REFRESH_S = 2
+
+
+@router.get("/")
+def home() -> Response:
+    return RedirectResponse("/versions", status_code=303)
+
+
+@router.get("/versions")
+def versions_page(request: Request, store: StoreDep, sort: SortKey = "number", order: Order = "asc") -> Response:
+    rows = api.versions_model(store, sort, order)
+    return render(request, "versions.html", versions=rows, sort=sort, order=order)
+
+
+@router.get("/versions/{number}")
+def version_page(request: Request, store: StoreDep, number: VersionNumber) -> Response:
+    detail = api.version_model(store, number)
+    figure = charts.figure_json(charts.rounds_chart(detail.rounds)) if detail.rounds else None
+    return render(request, "version.html", detail=detail, v=detail.version, figure=figure)
+
+
+@router.get("/lineage")
+def lineage_page(request: Request, store: StoreDep) -> Response:
+    lineage = api.lineage_model(store)
+    return render(request, "lineage.html", lineage=lineage,
+                  figure=charts.figure_json(charts.lineage_chart(lineage)))
+
+
+@router.get("/compare")
+def compare_page(request: Request, store: StoreDep, a: Annotated[int | None, Query(ge=0)] = None,
+                 b: Annotated[int | None, Query(ge=0)] = None) -> Response:
+    versions = [v.number for v in store.list_versions()]
+    comparison = api.comparison_model(store, a, b) if a is not None and b is not None else None
+    return render(request, "compare.html", comparison=comparison, numbers=versions, a=a, b=b)
+
+
+@router.get("/sessions")
+def sessions_page(request: Request, store: StoreDep, limit: SessionLimit = 50) -> Response:
+    return render(request, "sessions.html", sessions=api.sessions_model(store, limit), limit=limit,
+                  refresh_s=LIVE_REFRESH_S)
+
+
+@router.get("/sessions/{session_id}")
+def session_page(request: Request, store: StoreDep, session_id: SessionId) -> Response:
+    detail = api.session_model(store, session_id)
+    figure = charts.figure_json(charts.rounds_chart(detail.rounds)) if detail.rounds else None
+    return render(request, "session.html", detail=detail, s=detail.session, figure=figure,
+                  refresh_s=LIVE_REFRESH_S)
+
+
+@router.get("/privacy")
+def privacy_page(request: Request, store: StoreDep) -> Response:
+    points = api.privacy_model(store)
+    return render(request, "privacy.html", points=list(reversed(points)),
+                  figure=charts.figure_json(charts.privacy_chart(points)) if points else None)
+
+
+@router.get("/audit")
+def audit_page(request: Request, store: StoreDep, page: PageNumber = 1, per_page: PerPage = 50) -> Response:
+    return render(request, "audit.html", audit=api.audit_model(store, page, per_page))
+
+
+@router.get("/static/vendor/plotly.min.js")
+def plotly_js() -> Response:
+    """plotly.js from the installed plotly package: charts work on machines without internet."""
+    return FileResponse(charts.PLOTLY_JS, media_type="text/javascript",
+                        headers={"Cache-Control": "public, max-age=86400"})
