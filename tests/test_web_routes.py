@@ -138,7 +138,8 @@ def test_lineage_shows_the_merge_with_its_weight_and_staleness(client: TestClien
     page = client.get("/lineage").text
     assert f"{merge.merge_weight:.3f}" in page
     dashed = [t for t in figure(page, "lineage-chart")["data"] if t.get("line", {}).get("dash") == "dash"]
-    assert dashed[0]["x"][:2] == [1, 3]
+    assert (dashed[0]["x"][0], dashed[0]["x"][2]) == (1, 3)
+    assert "staleness 1" in json.dumps(figure(page, "lineage-chart")["layout"]["annotations"])
 
 
 def test_compare_is_fl_history_compare(client: TestClient, store: Store) -> None:

@@ -37,12 +37,13 @@ def figure_json(figure: go.Figure) -> Markup:
 def rounds_chart(rounds: list[RoundOut]) -> go.Figure:
     """Loss and accuracy per round, fit (training, aggregated) beside evaluate (validation)."""
     figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
-    for phase, dash in (("fit", "dot"), ("evaluate", "solid")):
+    for phase, dash, colour in (("fit", "dot", "#1f77b4"), ("evaluate", "solid", "#2ca02c")):
         rows = [r for r in rounds if r.phase == phase]
         x = [r.round_number for r in rows]
         for col, values in ((1, [r.loss for r in rows]), (2, [r.accuracy for r in rows])):
             figure.add_trace(go.Scatter(x=x, y=values, mode="lines+markers", name=phase, legendgroup=phase,
-                                        showlegend=col == 1, line={"dash": dash}), row=1, col=col)
+                                        showlegend=col == 1, line={"dash": dash, "color": colour}),
+                             row=1, col=col)
     figure.update_xaxes(title_text="round", dtick=1)
     figure.update_yaxes(tickformat=".0%", row=1, col=2)
     figure.update_layout(**_LAYOUT)
@@ -72,14 +73,20 @@ def lineage_chart(lineage: LineageOut) -> go.Figure:
     lane = _lanes(lineage)
     versions = {v.number: v for v in lineage.versions}
     figure = go.Figure()
-    for merged, dash in ((False, "solid"), (True, "dash")):
+    for merged in (False, True):
         x: list[float | None] = []
         y: list[float | None] = []
         for e in (e for e in lineage.edges if e.merged == merged and e.parent in versions):
-            x += [e.parent, e.child, None]
-            y += [lane[e.parent], lane[e.child], None]
+            bend = [(e.parent + e.child) / 2] if merged else []  # a merge arcs above the lane
+            x += [e.parent, *bend, e.child, None]
+            y += [lane[e.parent], *[max(lane[e.parent], lane[e.child]) + 0.45] * len(bend), lane[e.child], None]
+            if merged:
+                child = versions[e.child]
+                figure.add_annotation(x=bend[0], y=y[-3], yshift=10, showarrow=False,
+                                      text=f"weight {child.merge_weight:.3f}, staleness {child.staleness}")
         figure.add_trace(go.Scatter(x=x, y=y, mode="lines", hoverinfo="skip", showlegend=False,
-                                    line={"dash": dash, "color": "#999999"}))
+                                    line={"dash": "dash" if merged else "solid", "color": "#999999",
+                                          "shape": "spline" if merged else "linear"}))
     for kind, colour in _KIND_COLOURS.items():
         nodes = [v for v in lineage.versions if v.kind == kind]
         if nodes:
@@ -89,7 +96,7 @@ def lineage_chart(lineage: LineageOut) -> go.Figure:
                 marker={"size": 14, "color": colour}, customdata=[_node_text(v) for v in nodes],
                 hovertemplate="%{customdata}<extra></extra>"))
     figure.update_layout(**_LAYOUT, xaxis={"title": "version", "dtick": 1},
-                         yaxis={"visible": False, "range": [-0.5, max(lane.values(), default=0) + 0.8]})
+                         yaxis={"visible": False, "range": [-0.5, max(lane.values(), default=0) + 1.0]})
     return figure
 
 
