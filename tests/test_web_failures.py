@@ -127,3 +127,25 @@ def test_a_corrupt_record_is_a_500_page_without_a_traceback(settings: Settings) 
     assert "ask the admin" in page.text
     assert api.status_code == 500 and set(api.json()) == {"detail", "hint"}
     assert fine.status_code == 200  # the rest of the dashboard still works
+
+
+def test_the_cached_versions_table_follows_every_change_of_the_store(settings: Settings) -> None:
+    """The dashboard keeps its versions table between requests; each kind of change must show at once."""
+    admin = Store.open(settings)
+    try:
+        with dashboard(settings) as client:
+            def table() -> dict[int, dict]:
+                return {v["number"]: v for v in client.get("/api/versions").json()}
+
+            assert table()[1]["released_to"] == [] and "v4" not in client.get("/versions").text
+            admin.export_version(1, ["beta"])
+            assert table()[1]["released_to"] == ["beta"]
+            admin.rollback(1)
+            assert table()[4]["kind"] == "rollback" and '<a href="/versions/4">v4</a>' in client.get("/versions").text
+            admin.rollback(2)
+            admin.rollback(1)
+            assert admin.cleanup(keep_last=1, dry_run=False).removed == [4, 5]
+            assert not table()[5]["has_weights"] and "pruned" in client.get("/versions").text
+            assert client.get("/api/versions/1").json()["children"] == [2, 3, 4, 6]
+    finally:
+        admin.close()

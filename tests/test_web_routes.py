@@ -75,7 +75,10 @@ def test_versions_sort_server_side_with_blanks_last(client: TestClient) -> None:
     assert order("sort=accuracy&order=asc") == [1, 2, 3, 0]
     page = client.get("/versions?sort=accuracy&order=desc").text
     assert [int(n) for n in re.findall(r'<tr data-version="(\d+)">', page)] == [3, 2, 1, 0]
-    assert 'href="/versions?sort=accuracy&amp;order=asc"' in page  # clicking again flips the order
+    assert 'href="/versions?sort=accuracy&amp;order=asc&amp;per_page=100"' in page  # clicking again flips it
+    second = client.get("/versions?sort=accuracy&order=desc&per_page=3&page=2").text
+    assert [int(n) for n in re.findall(r'<tr data-version="(\d+)">', second)] == [0]
+    assert "page 2 of 2" in second and 'href="/versions?sort=accuracy&amp;order=desc&amp;page=1&amp;per_page=3"' in second
 
 
 def test_bad_parameters_are_a_422_naming_them_without_a_traceback(client: TestClient) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from server.store import audit_chain
@@ -87,6 +87,20 @@ class VersionStore(StoreBase):
                 version_info(row, self.versions_dir)
                 for row in session.scalars(select(Version).order_by(Version.number))
             ]
+
+    def versions_marker(self) -> tuple[int, ...]:
+        """A value that changes whenever ``list_versions()`` would return something else.
+
+        Version rows are written once; afterwards only releases are added and ``pruned_at`` is
+        set, so counting rows, releases and pruned versions is enough (the dashboard caches its
+        versions table on this). A new way of changing a version row must change this too.
+        """
+        with self._read() as session:
+            versions = session.execute(
+                select(func.count(), func.max(Version.number), func.count(Version.pruned_at)).select_from(Version)
+            ).one()
+            releases = session.scalar(select(func.count()).select_from(Release)) or 0
+            return (int(versions[0]), int(versions[1] if versions[1] is not None else -1), int(versions[2]), releases)
 
     def version_path(self, number: int) -> Path:
         return self.get_version(number).path

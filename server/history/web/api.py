@@ -11,6 +11,7 @@ from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import TypeAdapter
 from starlette.responses import Response
 
 from server.history.export import csv_text, json_text
@@ -32,6 +33,7 @@ from server.history.web.schemas import (
     VersionDetail,
     VersionSummary,
 )
+from server.history.web.versions_cache import VersionsCache
 from server.store import Store
 from shared.errors import UsageError
 
@@ -48,7 +50,12 @@ def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
+def get_versions_cache(request: Request) -> VersionsCache:
+    return request.app.state.versions_cache
+
+
 StoreDep = Annotated[Store, Depends(get_store)]
+CacheDep = Annotated[VersionsCache, Depends(get_versions_cache)]
 
 _SORT_VALUES: dict[str, Callable[[VersionSummary], Any]] = {
     "number": lambda v: v.number,
@@ -59,25 +66,32 @@ _SORT_VALUES: dict[str, Callable[[VersionSummary], Any]] = {
     "accuracy": lambda v: v.val_accuracy,
     "created": lambda v: v.created_at,
 }
+_VERSION_LIST = TypeAdapter(list[VersionSummary])
 
 
-def versions_model(store: Store, sort: SortKey = "number", order: Order = "asc") -> list[VersionSummary]:
-    """Every version as a table row; rows without the sorted value (no session, no metric) go last."""
+def sorted_versions(rows: list[VersionSummary], sort: SortKey, order: Order) -> list[VersionSummary]:
+    """Rows without the sorted value (no session, no metric) go last in either order."""
     value = _SORT_VALUES[sort]
-    rows = [VersionSummary.of(v) for v in store.list_versions()]
     present = sorted((r for r in rows if value(r) is not None), key=lambda r: (value(r), r.number),
                      reverse=order == "desc")
     return present + [r for r in rows if value(r) is None]
 
 
-def version_model(store: Store, number: int) -> VersionDetail:
+def versions_model(store: Store, cache: VersionsCache, sort: SortKey = "number",
+                   order: Order = "asc") -> tuple[tuple[int, ...], list[VersionSummary]]:
+    """Every version as a table row, sorted, and the store's versions marker they belong to."""
+    marker, rows = cache.rows(store)
+    return marker, cache.derived(marker, ("sorted", sort, order), lambda: sorted_versions(rows, sort, order))
+
+
+def version_model(store: Store, cache: VersionsCache, number: int) -> VersionDetail:
     version = store.get_version(number)
-    children = [v.number for v in store.list_versions() if number in v.parents]
+    children = [v.number for v in cache.rows(store)[1] if number in v.parents]
     return VersionDetail.of(version, version_rounds(store, version), children)
 
 
-def lineage_model(store: Store) -> LineageOut:
-    return LineageOut.of(store.list_versions())
+def lineage_model(store: Store, cache: VersionsCache) -> LineageOut:
+    return LineageOut.of(cache.rows(store)[1])
 
 
 def comparison_model(store: Store, a: int, b: int) -> ComparisonOut:
@@ -109,15 +123,17 @@ router = APIRouter(prefix="/api", tags=["history"])
 
 
 @router.get("/versions", response_model=list[VersionSummary])
-def api_versions(store: StoreDep, sort: SortKey = "number", order: Order = "asc") -> list[VersionSummary]:
+def api_versions(store: StoreDep, cache: CacheDep, sort: SortKey = "number", order: Order = "asc") -> Response:
     """Every version: kind, parents, sites, rounds, accuracy, releases, sha256."""
-    return versions_model(store, sort, order)
+    marker, rows = versions_model(store, cache, sort, order)
+    body = cache.derived(marker, ("json", sort, order), lambda: _VERSION_LIST.dump_json(rows))
+    return Response(body, media_type="application/json")
 
 
 @router.get("/versions/{number}", response_model=VersionDetail)
-def api_version(store: StoreDep, number: VersionNumber) -> VersionDetail:
+def api_version(store: StoreDep, cache: CacheDep, number: VersionNumber) -> VersionDetail:
     """One version with its per-round metrics, participants as aggregates and privacy."""
-    return version_model(store, number)
+    return version_model(store, cache, number)
 
 
 @router.get("/versions/{number}/rounds.{fmt}", response_class=Response)
@@ -130,9 +146,9 @@ def api_version_rounds(store: StoreDep, number: VersionNumber, fmt: Literal["csv
 
 
 @router.get("/lineage", response_model=LineageOut)
-def api_lineage(store: StoreDep) -> LineageOut:
+def api_lineage(store: StoreDep, cache: CacheDep) -> LineageOut:
     """Every version and the parent edges; merge edges name the merged candidate."""
-    return lineage_model(store)
+    return lineage_model(store, cache)
 
 
 @router.get("/compare", response_model=ComparisonOut)

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from server.history.web import access, api, pages
 from server.history.web.access import AccessMiddleware, AccessPolicy, AnalystGate
 from server.history.web.errors import LockedStoreRetry, install_error_handlers
+from server.history.web.versions_cache import VersionsCache
 from server.store import Store
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -42,6 +43,7 @@ def create_app(store: Store, policy: AccessPolicy = LOOPBACK_POLICY) -> FastAPI:
     app.state.store = store
     app.state.policy = policy
     app.state.gate = AnalystGate(store)
+    app.state.versions_cache = VersionsCache()
     app.include_router(api.router)
     app.include_router(access.router)
     app.include_router(pages.router)

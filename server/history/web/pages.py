@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from server.history.web import api, charts
 from server.history.web.api import (
+    CacheDep,
     Order,
     PageNumber,
     PerPage,
@@ -22,9 +23,11 @@ from server.history.web.api import (
     StoreDep,
     VersionNumber,
 )
-from server.history.web.templating import render
+from server.history.web.templating import render, render_text
 
 router = APIRouter(include_in_schema=False)
+
+VersionsPerPage = Annotated[int, Query(ge=1, le=5000)]
 
 LIVE_REFRESH_S = 2
 
@@ -35,29 +38,35 @@ def home() -> Response:
 
 
 @router.get("/versions")
-def versions_page(request: Request, store: StoreDep, sort: SortKey = "number", order: Order = "asc") -> Response:
-    rows = api.versions_model(store, sort, order)
-    return render(request, "versions.html", versions=rows, sort=sort, order=order)
+def versions_page(request: Request, store: StoreDep, cache: CacheDep, sort: SortKey = "number",
+                  order: Order = "asc", page: PageNumber = 1, per_page: VersionsPerPage = 100) -> Response:
+    marker, rows = api.versions_model(store, cache, sort, order)
+    pages = max(1, -(-len(rows) // per_page))
+    shown = rows[(page - 1) * per_page:page * per_page]
+    body = cache.derived(marker, ("page", sort, order, page, per_page), lambda: render_text(
+        request, "versions.html", versions=shown, total=len(rows), sort=sort, order=order, page=page,
+        pages=pages, per_page=per_page))
+    return HTMLResponse(body)
 
 
 @router.get("/versions/{number}")
-def version_page(request: Request, store: StoreDep, number: VersionNumber) -> Response:
-    detail = api.version_model(store, number)
+def version_page(request: Request, store: StoreDep, cache: CacheDep, number: VersionNumber) -> Response:
+    detail = api.version_model(store, cache, number)
     figure = charts.figure_json(charts.rounds_chart(detail.rounds)) if detail.rounds else None
     return render(request, "version.html", detail=detail, v=detail.version, figure=figure)
 
 
 @router.get("/lineage")
-def lineage_page(request: Request, store: StoreDep) -> Response:
-    lineage = api.lineage_model(store)
+def lineage_page(request: Request, store: StoreDep, cache: CacheDep) -> Response:
+    lineage = api.lineage_model(store, cache)
     return render(request, "lineage.html", lineage=lineage,
                   figure=charts.figure_json(charts.lineage_chart(lineage)))
 
 
 @router.get("/compare")
-def compare_page(request: Request, store: StoreDep, a: Annotated[int | None, Query(ge=0)] = None,
+def compare_page(request: Request, store: StoreDep, cache: CacheDep, a: Annotated[int | None, Query(ge=0)] = None,
                  b: Annotated[int | None, Query(ge=0)] = None) -> Response:
-    versions = [v.number for v in store.list_versions()]
+    versions = [v.number for v in cache.rows(store)[1]]
     comparison = api.comparison_model(store, a, b) if a is not None and b is not None else None
     return render(request, "compare.html", comparison=comparison, numbers=versions, a=a, b=b)
 

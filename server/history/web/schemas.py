@@ -254,7 +254,7 @@ class LineageOut(BaseModel):
     edges: list[LineageEdge]
 
     @classmethod
-    def of(cls, versions: list[VersionInfo]) -> LineageOut:
+    def of(cls, versions: list[VersionSummary]) -> LineageOut:
         edges = [LineageEdge(parent=p, child=v.number, merged=v.merge_weight is not None and i > 0)
                  for v in versions for i, p in enumerate(v.parents)]
-        return cls(versions=[VersionSummary.of(v) for v in versions], edges=edges)
+        return cls(versions=versions, edges=edges)

@@ -52,6 +52,15 @@ templates = Jinja2Templates(env=_environment())
 
 def render(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
     """One page; every template also sees the access policy (to offer "log out")."""
+    return templates.TemplateResponse(request, name, _with_policy(request, context), status_code=status_code)
+
+
+def render_text(request: Request, name: str, **context: Any) -> str:
+    """The page as text, for pages kept in a cache (see ``versions_cache``)."""
+    return templates.get_template(name).render(request=request, **_with_policy(request, context))
+
+
+def _with_policy(request: Request, context: dict[str, Any]) -> dict[str, Any]:
     policy = getattr(request.app.state, "policy", None)
     context.setdefault("token_required", bool(policy and policy.token_required))
-    return templates.TemplateResponse(request, name, context, status_code=status_code)
+    return context
