@@ -237,6 +237,8 @@ def next_steps(demo: Demo, seconds: float, accuracy: dict[str, float]) -> None:
         f"  FL_HOME={home} fl-client --site north      a hospital's menu (requests, updates, privacy)\n"
         f"Plots: {home / 'plots'}; logs: {home / 'logs'}. The fl-* commands are in .venv/bin.",
         markup=False, soft_wrap=True)
+    demo.console.print(f"Open the dashboard (then http://127.0.0.1:8050/ in a browser):\n"
+                       f"  FL_HOME={home} .venv/bin/fl-history web", markup=False, soft_wrap=True)
 
 
 def run(demo: Demo) -> None:

@@ -126,8 +126,8 @@ def test_click_a_version_and_its_chart_is_drawn_with_data_points(dashboard: str,
     shot(browser, "version-1")
     for page, chart in (("lineage", "lineage-chart"), ("privacy", "privacy-chart")):
         browser.get(f"{dashboard}/{page}")
-        wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#{chart}[data-rendered="true"]'), 30,
-                 f"the {page} chart")
+        drawn = f'#{chart}[data-rendered="true"]'
+        wait_for(lambda selector=drawn: browser.find_elements(By.CSS_SELECTOR, selector), 30, f"the {page} chart")
         shot(browser, page)
     assert csp_errors(browser) == []
 

@@ -18,7 +18,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.history.cli import main as history_main
-from server.history.queries import compare_versions, site_contributions, validation_accuracy, version_rounds
+from server.history.queries import (
+    compare_versions,
+    site_contributions,
+    validation_accuracy,
+    version_rounds,
+)
 from server.history.web.app import create_app
 from server.history.web.charts import PLOTLY_JS
 from server.store import Store
@@ -48,7 +53,7 @@ def client(store: Store) -> Iterator[TestClient]:
 
 def figure(page: str, name: str) -> dict:
     """The Plotly figure a page embeds for ``name`` (what dashboard.js hands to plotly.js)."""
-    match = re.search(rf'<script type="application/json" id="{name}-data">(.*?)</script>', page, re.S)
+    match = re.search(rf'<script type="application/json" id="{name}-data">(.*?)</script>', page, re.DOTALL)
     assert match, f"no figure {name} in the page"
     return json.loads(match.group(1))
 

@@ -16,7 +16,13 @@ import numpy as np
 
 from server.store import Store
 from server.store.lifecycle import LIVE_SESSION_STATES
-from server.store.records import AuditEntry, AuditVerdict, RoundInfo, SessionInfo, VersionInfo
+from server.store.records import (
+    AuditEntry,
+    AuditVerdict,
+    RoundInfo,
+    SessionInfo,
+    VersionInfo,
+)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,12 @@ from markupsafe import Markup
 from plotly.io.json import to_json_plotly
 from plotly.subplots import make_subplots
 
-from server.history.web.schemas import LineageOut, PrivacyPoint, RoundOut, VersionSummary
+from server.history.web.schemas import (
+    LineageOut,
+    PrivacyPoint,
+    RoundOut,
+    VersionSummary,
+)
 
 #: plotly.js as the plotly package ships it (the same version its figures are made for)
 PLOTLY_JS = Path(str(files("plotly") / "package_data" / "plotly.min.js"))

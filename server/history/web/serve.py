@@ -14,6 +14,7 @@ from server.history.web.app import create_app
 from server.store import Store
 from shared.settings import Settings
 
+
 def dashboard_url(host: str, port: int, *, https: bool) -> str:
     shown = f"[{host}]" if ":" in host else host
     return f"{'https' if https else 'http'}://{shown}:{port}/"
