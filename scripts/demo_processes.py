@@ -41,8 +41,7 @@ class Children:
 
     def __init__(self, env: dict[str, str], log_dir: Path, *, columns: int) -> None:
         """``columns``: the width children render their tables to (the demo's own console's)."""
-        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
-                    "COLUMNS": str(columns)}
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "COLUMNS": str(columns)}
         self.log_dir = log_dir
         self.running: list[subprocess.Popen[bytes]] = []
 

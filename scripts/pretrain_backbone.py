@@ -14,6 +14,7 @@ from pathlib import Path
 
 from client.training.backbone_pretraining import PretrainConfig, make_backbone_file
 from shared.errors import FLError
+from shared.logging_setup import quiet_script
 
 _DEFAULTS = PretrainConfig()
 
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    quiet_script(__file__)  # TensorFlow's start-up lines go to the log file, not the screen
     import tensorflow as tf  # after argument parsing: --help stays fast
 
     tf.config.experimental.enable_op_determinism()  # same seed -> same weights on one machine
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         report = make_backbone_file(args.out, config, force=args.force)
     except FLError as error:
-        print(f"error: {error}\nhint: {error.hint}", file=sys.stderr)
+        print(f"error: {error}\nhint: {error.hint}")  # stderr is the log file now
         return 2
     losses = " ".join(f"{loss:.3f}" for loss in report.epoch_losses)
     print(f"wrote {report.path} ({report.size_bytes} bytes)")
