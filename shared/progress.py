@@ -74,7 +74,8 @@ class ProgressDisplay:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.progress.stop()
+        if self.live:  # Rich prints an empty line when stopping a never-started display in a pipe
+            self.progress.stop()
         self._listening.__exit__(exc_type, exc, tb)
 
     def update(self, task: str, done: float, total: float, unit: str = "") -> None:
