@@ -46,8 +46,8 @@ def configure_logging(
 ) -> None:
     """Route log records to a Rich console handler and, optionally, a file.
 
-    The console shows only the project's own records unless ``verbose``; the file gets every
-    record, third-party ones from WARNING up. ``FL_LOG_LEVEL`` overrides ``level``. The
+    Unless ``verbose``, the console shows only the project's own records from WARNING up; the
+    file gets every record from ``level`` (third-party ones from WARNING). ``FL_LOG_LEVEL`` overrides ``level``. The
     interactive menus pass ``console=False`` and a file: a log line under an open prompt would
     garble it.
     """
@@ -55,8 +55,9 @@ def configure_logging(
     handlers: list[logging.Handler] = []
     if console:
         screen = RichHandler(rich_tracebacks=False, show_path=False, markup=False)
-        if not verbose:
+        if not verbose:  # people read our prints; of the records, our warnings and errors
             screen.addFilter(_own_records)
+            screen.setLevel(logging.WARNING)
         handlers.append(screen)
     if log_file is not None:
         _private_folder(log_file.parent)

@@ -43,7 +43,9 @@ def listening(listener: Listener) -> Iterator[None]:
 
 
 def amount(done: float, total: float, unit: str) -> str:
-    """``3/10 batches``, or ``1.2/4.0 MB`` for bytes."""
+    """``3/10 batches``, ``1.2/4.0 MB`` for bytes, ``...``/``done`` for a single step."""
+    if total == 1 and unit == "step":
+        return "done" if done >= 1 else "..."
     if unit == "bytes":
         return f"{done / 1e6:.1f}/{total / 1e6:.1f} MB"
     return f"{done:g}/{total:g}" + (f" {unit}" if unit else "")
