@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from shared.logging_setup import quiet_script  # noqa: E402
 

@@ -55,7 +55,7 @@ class Program:
             except KeyboardInterrupt:
                 self.console.print("interrupted")
                 return 130
-            except Exception as exc:  # a bug: one line here, the traceback in the log
+            except Exception as exc:  # noqa: BLE001 (a bug: one line here, the traceback in the log)
                 traceback.print_exc()  # to descriptor 2: the log file, or the screen when verbose
                 self.console.print("[red]error:[/] ", end="", markup=True)
                 print_unwrapped(self.console, f"unexpected {type(exc).__name__}: {exc}")

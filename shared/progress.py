@@ -16,9 +16,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 Listener = Callable[[str, float, float, str], None]
 
@@ -68,7 +72,7 @@ class ProgressDisplay:
         self._quarters: dict[str, int] = {}
         self._listening = listening(self.update)
 
-    def __enter__(self) -> ProgressDisplay:
+    def __enter__(self) -> Self:
         self._listening.__enter__()
         if self.live:
             self.progress.start()

@@ -215,7 +215,9 @@ def test_admin_and_two_hospitals_through_their_menus(world: dict) -> None:
     north = clients["north"]
     north.pick("7")
     north.answer("Evaluate which version")
-    north.expect_re(r"v1 on \d+ local images: accuracy", timeout=120)
+    north.answer("Folder of scans")  # the site's own images by default
+    north.expect_re(r"v1 on \d+ images in \S+sites/north: accuracy", timeout=120)
+    north.expect("Confusion matrix")
     north.pick("8")
     north.expect("Accepted versions")
     north.expect("Privacy budget (delta")
