@@ -42,12 +42,13 @@ def quiet_libraries(*, verbose: bool = False) -> None:
 
 
 def configure_logging(
-    level: str | int = "INFO", log_file: Path | None = None, *, console: bool = True, verbose: bool = False
+    level: str | int = "INFO", log_file: Path | None = None, *, console: bool = True, quiet: bool = False
 ) -> None:
     """Route log records to a Rich console handler and, optionally, a file.
 
-    Unless ``verbose``, the console shows only the project's own records from WARNING up; the
-    file gets every record from ``level`` (third-party ones from WARNING). ``FL_LOG_LEVEL`` overrides ``level``. The
+    With ``quiet`` (a person reads the console) the console shows only the project's own records
+    from WARNING up; otherwise (a session process, whose console is its log) every record from
+    ``level``. The file gets every record from ``level`` (third-party ones from WARNING). ``FL_LOG_LEVEL`` overrides ``level``. The
     interactive menus pass ``console=False`` and a file: a log line under an open prompt would
     garble it.
     """
@@ -55,7 +56,7 @@ def configure_logging(
     handlers: list[logging.Handler] = []
     if console:
         screen = RichHandler(rich_tracebacks=False, show_path=False, markup=False)
-        if not verbose:  # people read our prints; of the records, our warnings and errors
+        if quiet:  # people read our prints; of the records, our warnings and errors
             screen.addFilter(_own_records)
             screen.setLevel(logging.WARNING)
         handlers.append(screen)
@@ -100,7 +101,7 @@ def quiet_process(log_file: Path, *, verbose: bool = False, level: str = "INFO")
     """For a script that runs start to end (a bench, a helper the demo runs): all of the above,
     for the rest of the process. Call it before importing TensorFlow."""
     quiet_libraries(verbose=verbose)
-    configure_logging(level, log_file, verbose=verbose)
+    configure_logging(level, log_file, quiet=not verbose)
     if not verbose:
         os.close(_point_stderr_at(log_file))  # for good: the process ends with it
 

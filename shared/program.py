@@ -40,7 +40,7 @@ class Program:
         """Log records to ``log_file`` (and, with ``console_logs``, ours to the screen); unless
         verbose, the C++ libraries' stderr goes there too. Call once, before heavy imports."""
         self.log_file = log_file
-        configure_logging(level, log_file, console=console_logs, verbose=self.verbose)
+        configure_logging(level, log_file, console=console_logs, quiet=not self.verbose)
         if not self.verbose:
             self._exits.enter_context(stderr_into(log_file))
 
