@@ -32,12 +32,10 @@ from server.store import Store
 from server.store.lifecycle import SessionState
 from shared.settings import Settings, load_settings
 from tests.flower_fakes import free_port
+from tests.output_checks import library_lines
 
 pytestmark = pytest.mark.slow
 
-#: What TensorFlow, XLA, absl, Keras, TF-Privacy, Flower and gRPC print when nobody stops them.
-NOISE = re.compile(r"cuda|cudnn|cufft|cublas|tensorrt|onednn|tensorflow|xla|absl|keras|warning|deprecat|flwr|"
-                   r"flower|grpc|^[IWE]\d{4} ", re.IGNORECASE | re.MULTILINE)
 DP = {"noise_multiplier": 1.0, "delta": 1e-5, "l2_norm_clip": 1.0}
 
 
@@ -98,8 +96,7 @@ def confusion(out: str) -> dict[str, list[int]]:
 
 
 def assert_quiet(out: str) -> None:
-    found = [line for line in out.splitlines() if NOISE.search(line)]
-    assert not found, f"library lines reached the output: {found}"
+    assert not library_lines(out), f"library lines reached the output: {library_lines(out)}"
 
 
 @pytest.fixture(scope="module")
