@@ -61,7 +61,7 @@ def configure_logging(
             screen.setLevel(logging.WARNING)
         handlers.append(screen)
     if log_file is not None:
-        _private_folder(log_file.parent)
+        os.close(_open_private(log_file))  # 0600 before logging creates it with the umask's mode
         file_handler = logging.FileHandler(log_file, encoding="utf-8")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handlers.append(file_handler)
@@ -116,8 +116,7 @@ def quiet_script(script_file: str) -> Path:
 
 def _point_stderr_at(log_file: Path) -> int:
     """Make descriptor 2 append to ``log_file``; returns a duplicate of what it was."""
-    _private_folder(log_file.parent)
-    target = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    target = _open_private(log_file)
     _flush(sys.stderr)
     saved = os.dup(2)
     os.dup2(target, 2)
@@ -132,5 +131,7 @@ def _flush(stream: object) -> None:
         pass
 
 
-def _private_folder(folder: Path) -> None:
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+def _open_private(log_file: Path) -> int:
+    """``log_file`` opened for appending; created 0600 in a 0700 folder (logs may name sites)."""
+    log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

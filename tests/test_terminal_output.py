@@ -138,6 +138,7 @@ def test_library_noise_goes_to_the_log_unless_verbose(tmp_path: Path, verbose: b
                           check=False)
     screen = done.stdout + done.stderr
     assert done.returncode == 0 and "our own output" in screen and "our own warning" in screen
+    assert oct(log.stat().st_mode & 0o777) == "0o600"
     for noise in _NOISE:
         assert (noise in screen) is verbose, noise
         assert (noise in log.read_text()) is (not verbose or noise != "cuDNN"), noise  # records: always logged
