@@ -12,9 +12,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from client.training.backbone_pretraining import PretrainConfig, make_backbone_file
-from shared.errors import FLError
 from shared.logging_setup import quiet_script
+
+if __name__ == "__main__":  # before client.training loads TensorFlow: its start-up lines go to the log file
+    quiet_script(__file__)
+
+from client.training.backbone_pretraining import PretrainConfig, make_backbone_file  # noqa: E402
+from shared.errors import FLError  # noqa: E402
 
 _DEFAULTS = PretrainConfig()
 
@@ -42,7 +46,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    quiet_script(__file__)  # TensorFlow's start-up lines go to the log file, not the screen
     import tensorflow as tf  # after argument parsing: --help stays fast
 
     tf.config.experimental.enable_op_determinism()  # same seed -> same weights on one machine
