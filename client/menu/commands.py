@@ -36,10 +36,11 @@ def parse_server(text: str) -> tuple[str, int]:
 
 def setup(args: argparse.Namespace, settings: Settings) -> int:
     host, port = parse_server(args.server)
-    profile = site_actions.setup_site(
-        settings, site=args.site, token=args.token, data_root=args.data, server_host=host, server_port=port,
-        budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta, backbone_weights=args.backbone_weights,
-        tls_ca=args.tls_ca)
+    with console.status("checking every image ..."):
+        profile = site_actions.setup_site(
+            settings, site=args.site, token=args.token, data_root=args.data, server_host=host, server_port=port,
+            budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta,
+            backbone_weights=args.backbone_weights, tls_ca=args.tls_ca)
     print_setup(console, profile)
     return 0
 
@@ -52,7 +53,8 @@ def print_setup(out: Console, profile: SiteProfile) -> None:
 def send_request(out: Console, profile: SiteProfile, *, rounds: int, local_epochs: int, dp: dict,
                  note: str) -> str:
     """Check the budget, send the request, say so; returns its label (``REQ-n``)."""
-    view = site_actions.request_training(profile, rounds=rounds, local_epochs=local_epochs, dp=dp, note=note)
+    with out.status("checking the images and the privacy budget ..."):
+        view = site_actions.request_training(profile, rounds=rounds, local_epochs=local_epochs, dp=dp, note=note)
     out.print(f"sent {view.label} ({view.state}); the admin will approve or reject it")
     return view.label
 
