@@ -40,6 +40,7 @@ def test_stop_all_ends_every_background_child(tmp_path: Path) -> None:
                for i in range(2)]
     children.stop_all()
     assert all(process.poll() is not None for process in servers) and children.running == []
+    assert oct((tmp_path / "logs" / "http0.log").stat().st_mode & 0o777) == "0o600"  # logs name sites
 
 
 @pytest.mark.slow
