@@ -18,9 +18,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from shared.logging_setup import quiet_script  # noqa: E402
+
+quiet_script(__file__)  # before TensorFlow: its start-up lines go to the log file, not here
+import tensorflow as tf  # noqa: E402
 
 from client.training.data import load_site_data  # noqa: E402
 from client.training.dp_training import DPConfig, LocalTraining, train_dp  # noqa: E402

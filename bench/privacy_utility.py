@@ -43,6 +43,7 @@ from server.sessions.manager import ApprovalOptions, SessionManager  # noqa: E40
 from server.socket.request_socket import RequestServerThread  # noqa: E402
 from server.store import Store  # noqa: E402
 from server.store.lifecycle import SessionState  # noqa: E402
+from shared.logging_setup import quiet_script  # noqa: E402
 from shared.settings import Settings, load_settings  # noqa: E402
 
 LEVELS: tuple[float | None, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, None)  # None: no DP
@@ -192,6 +193,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    quiet_script(__file__)  # library and TensorFlow start-up lines go to the log file, not here
     console = Console(highlight=False)
     started = time.monotonic()
     shutil.rmtree(args.out, ignore_errors=True)

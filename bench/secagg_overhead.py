@@ -33,6 +33,7 @@ from client.federation.secure_aggregation import SecureAggregationClient
 from server.sessions.runtime import run_session
 from server.store import Store
 from shared.listening import wait_until_listening
+from shared.logging_setup import quiet_script
 from shared.settings import load_settings
 from tests.flower_fakes import ScriptedClient, free_port
 
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measure-training", action="store_true",
                         help="also time a head-only DP round (TensorFlow, ResNet50 features of 500 images)")
     args = parser.parse_args(argv)
+    quiet_script(__file__)  # library and TensorFlow start-up lines go to the log file, not here
     rows = {n: (round_time(n, secure=False, rounds=args.rounds), round_time(n, secure=True, rounds=args.rounds))
             for n in SITE_COUNTS}
     print("zero training time: round = fit + evaluate, head-only model, numpy sites in threads, one process")

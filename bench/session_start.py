@@ -24,6 +24,7 @@ import numpy as np
 from server.sessions.manager import ApprovalOptions, SessionManager
 from server.store import Store
 from shared.listening import wait_until_listening
+from shared.logging_setup import quiet_script
 from shared.settings import load_settings
 from tests.flower_fakes import free_port
 
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=5)
     args = parser.parse_args(argv)
+    quiet_script(__file__)  # library and TensorFlow start-up lines go to the log file, not here
     timings = approval_to_listening(args.trials)
     blocked, unblocked = import_time(True), import_time(False)
     print(f"approval -> listening over {args.trials} sessions: median {statistics.median(timings):.2f} s, "

@@ -26,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from server.sessions.runtime import run_session  # noqa: E402
 from server.store import Store  # noqa: E402
+from shared.logging_setup import quiet_script  # noqa: E402
 from shared.settings import load_settings  # noqa: E402
 from tests.flower_fakes import ScriptedClient, free_port, run_in_thread  # noqa: E402
 
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sites", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
+    quiet_script(__file__)  # library and TensorFlow start-up lines go to the log file, not here
     ratios = {}
     for name, blocks in (("head-only", 0), ("full ResNet50", 4)):
         shapes = model_shapes(blocks)

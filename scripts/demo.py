@@ -10,7 +10,7 @@ analyst's ``fl-history`` shows the versions, the lineage and the plots. Everythi
 
 from __future__ import annotations
 
-import os
+import argparse
 import shutil
 import socket
 import sys
@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from scripts.demo_processes import Children, CommandFailed, find
-from shared.terminal import make_console
+from shared.program import Program
+from shared.terminal import make_console, print_unwrapped
 
 HOME = Path("var/demo")
 SITES = ("north", "south", "east")
@@ -63,10 +65,10 @@ class Demo:
 
     def show(self, program: str, *args: str, echo: bool = True) -> str:
         """Run a command, print it as a person would type it, and (optionally) its output."""
-        self.console.print(f"[cyan]$ {program} {' '.join(args)}[/]")
+        self.console.print(f"[cyan]$ {escape(program)} {escape(' '.join(args))}[/]", soft_wrap=True)
         out = self.children.run(program, *args)
         if echo:
-            self.console.print(out.rstrip(), markup=False, highlight=False)
+            self.console.print(out.rstrip(), markup=False, highlight=False, soft_wrap=True)  # laid out already
         return out
 
 
@@ -88,7 +90,7 @@ def prepare_data(demo: Demo) -> None:
 def prepare_backbone(demo: Demo) -> None:
     demo.step("2. Backbone", "Every site needs the same frozen ResNet50 backbone; only the classifier head trains.")
     if BACKBONE.is_file():
-        demo.console.print(f"reusing the pretrained backbone {BACKBONE}")
+        print_unwrapped(demo.console, f"reusing the pretrained backbone {BACKBONE}")
     elif PRETRAIN_SCRIPT.is_file():
         demo.console.print("pretraining a stand-in for ImageNet weights on a separate synthetic corpus (~1.5 min)")
         demo.show("python -m scripts.pretrain_backbone", "--out", str(BACKBONE), "--size", str(IMAGE_SIZE))
@@ -111,8 +113,8 @@ def start_server(demo: Demo) -> None:
     from shared.listening import wait_until_listening
 
     wait_until_listening("127.0.0.1", demo.request_port, timeout_s=120)
-    demo.console.print(f"server listening on port {demo.request_port} (pid {server.pid}; log "
-                       f"{demo.children.log_dir / 'server.log'})")
+    print_unwrapped(demo.console, f"server listening on port {demo.request_port} (pid {server.pid}; log "
+                                  f"{demo.children.log_dir / 'server.log'})")
 
 
 def set_up_sites(demo: Demo) -> None:
@@ -257,12 +259,19 @@ def run(demo: Demo) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    console = make_console()
+    parser = argparse.ArgumentParser(prog="demo", description="The whole service on this machine (make demo).")
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' messages too")
+    program = Program(make_console(), verbose=parser.parse_args(argv).verbose)
+    return program.run(lambda: _run_demo(program))
+
+
+def _run_demo(program: Program) -> int:
+    console = program.console
     shutil.rmtree(HOME, ignore_errors=True)
+    program.log_to(HOME.resolve() / "logs" / "demo.log", level="WARNING")  # the held-out evaluation loads TensorFlow
     port = _free_port()
     env = {"FL_HOME": str(HOME.resolve()), "FL_REQUEST_PORT": str(port), "FL_SESSION_PORT_START": str(_free_port()),
            "FL_SESSION_PORT_COUNT": "4", "FL_IMAGE_SIZE": str(IMAGE_SIZE), "FL_LOG_LEVEL": "WARNING"}
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the held-out evaluation loads TensorFlow here
     demo = Demo(console, HOME.resolve(), Children(env, HOME.resolve() / "logs", columns=console.width), port)
     try:
         run(demo)
@@ -271,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print("\n[yellow]interrupted: stopping the server and the sites ...")
         return 130
     except CommandFailed as error:
-        console.print(f"[red]demo failed:[/] {error}", markup=True)
+        console.print("[red]demo failed:[/] ", end="", markup=True)
+        console.print(str(error), markup=False)
         return 1
     finally:
         demo.children.stop_all()

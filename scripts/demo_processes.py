@@ -41,8 +41,7 @@ class Children:
 
     def __init__(self, env: dict[str, str], log_dir: Path, *, columns: int) -> None:
         """``columns``: the width children render their tables to (the demo's own console's)."""
-        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
-                    "COLUMNS": str(columns)}
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "COLUMNS": str(columns)}
         self.log_dir = log_dir
         self.running: list[subprocess.Popen[bytes]] = []
 
@@ -63,8 +62,9 @@ class Children:
         if log_name is None:
             out: int | object = subprocess.PIPE
         else:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_dir / log_name, "wb")  # noqa: SIM115 (the child owns it)
+            self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+            out = os.fdopen(os.open(self.log_dir / log_name, flags, 0o600), "wb")  # the child owns it
         try:
             process = subprocess.Popen(command_line(program, *args), env=self.env, stdout=out,
                                        stderr=subprocess.STDOUT, start_new_session=True)

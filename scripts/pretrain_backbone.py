@@ -12,8 +12,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from client.training.backbone_pretraining import PretrainConfig, make_backbone_file
-from shared.errors import FLError
+from shared.logging_setup import quiet_script
+
+if __name__ == "__main__":  # before client.training loads TensorFlow: its start-up lines go to the log file
+    quiet_script(__file__)
+
+from client.training.backbone_pretraining import PretrainConfig, make_backbone_file  # noqa: E402
+from shared.errors import FLError  # noqa: E402
 
 _DEFAULTS = PretrainConfig()
 
@@ -53,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         report = make_backbone_file(args.out, config, force=args.force)
     except FLError as error:
-        print(f"error: {error}\nhint: {error.hint}", file=sys.stderr)
+        print(f"error: {error}\nhint: {error.hint}")  # stderr is the log file now
         return 2
     losses = " ".join(f"{loss:.3f}" for loss in report.epoch_losses)
     print(f"wrote {report.path} ({report.size_bytes} bytes)")

@@ -221,3 +221,13 @@ def test_unusable_settings_are_reported(home: Path, capsys: pytest.CaptureFixtur
     monkeypatch.setenv("FL_REQUEST_PORT", "-5")
     code, out = run(capsys, "sites")
     assert code == 1 and "invalid settings" in out
+
+
+def test_approve_wait_shows_the_rounds_until_the_session_ends(store: Store,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """No site joins within 3 s: the session fails; meanwhile the rounds show as plain lines."""
+    request = submit(store, "north")
+    code, out = run(capsys, "approve", str(request), "--rounds", "2", "--join-timeout", "3", "--wait")
+    assert code == 1 and "approved into session 1" in out
+    assert "session 1: 0/2 rounds\n" in out  # progress in a pipe: plain lines, not a bar
+    assert store.get_session(1).state == SessionState.FAILED and "FAILED" in out

@@ -40,3 +40,23 @@ def test_stop_all_ends_every_background_child(tmp_path: Path) -> None:
                for i in range(2)]
     children.stop_all()
     assert all(process.poll() is not None for process in servers) and children.running == []
+    assert oct((tmp_path / "logs" / "http0.log").stat().st_mode & 0o777) == "0o600"  # logs name sites
+
+
+@pytest.mark.slow
+def test_what_the_demo_shows_of_a_tensorflow_command_is_only_its_own_lines(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fl-server init`` builds ResNet50 (TensorFlow starts); the demo echoes the child's output."""
+    from scripts.demo import Demo
+    from tests.output_checks import NOISE, library_lines
+
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)  # the children must quiet themselves
+    home = tmp_path / "home"
+    children = Children({"FL_HOME": str(home), "FL_LOG_LEVEL": "INFO"}, tmp_path / "logs", columns=100)
+    screen = io.StringIO()
+    demo = Demo(Console(file=screen, width=100), home, children, request_port=0)
+    demo.show("fl-server", "init", "--image-size", "32")
+    shown = screen.getvalue()
+    assert "$ fl-server init --image-size 32" in shown and "initial model v0 (32 px" in shown
+    assert not library_lines(shown), shown
+    assert NOISE.search((home / "logs" / "fl-server.log").read_text()), "TensorFlow's lines are in the log"

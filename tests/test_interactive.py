@@ -3,7 +3,8 @@
 One story, in order: the admin enrols two sites; each hospital sets itself up from its menu,
 sends a request and waits to train; the admin approves both into one session; both train
 (tiny images, one round) and accept and evaluate v1; a rejection's reason reaches the site;
-a wrong token and an unreachable server are named in words.
+a wrong token and an unreachable server are named in words. Then the admin exits while a
+session runs: once waiting for it, once stopping it, and nothing is left behind.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ import pytest
 
 from scripts.make_sample_data import generate_sample_dataset
 from scripts.split_dataset import split_dataset
+from server.sessions.manager import SessionManager, session_process_alive
+from server.store import Store
+from server.store.lifecycle import SessionState
+from shared.settings import load_settings
+from tests.conftest_store import make_weights
 from tests.flower_fakes import free_port
 
 pytestmark = [pytest.mark.interactive, pytest.mark.slow]
@@ -81,7 +87,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     split_dataset(root / "sample", root / "sites", list(SITES), mode="iid", seed=1)
     base = {**os.environ, "FL_IMAGE_SIZE": "32", "FL_LOG_LEVEL": "WARNING", "FL_REQUEST_PORT": str(free_port()),
             "FL_SESSION_PORT_START": str(free_port()), "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1",
-            "NO_COLOR": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+            "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
     terms: list[Term] = []
 
     def spawn(module: str, args: list[str], home: str, name: str) -> Term:
@@ -209,7 +215,9 @@ def test_admin_and_two_hospitals_through_their_menus(world: dict) -> None:
     north = clients["north"]
     north.pick("7")
     north.answer("Evaluate which version")
-    north.expect_re(r"v1 on \d+ local images: accuracy", timeout=120)
+    north.answer("Folder of scans")  # the site's own images by default
+    north.expect_re(r"v1 on \d+ images in \S+sites/north: accuracy", timeout=120)
+    north.expect("Confusion matrix")
     north.pick("8")
     north.expect("Accepted versions")
     north.expect("Privacy budget (delta")
@@ -243,3 +251,65 @@ def test_admin_and_two_hospitals_through_their_menus(world: dict) -> None:
     offline.expect("Check that the server is running")
     offline.pick("9")
     assert offline.finish() == 0
+
+
+def _approve_one(admin: Term) -> int:
+    """Approve the (only) pending request with the defaults; returns the session id."""
+    admin.pick("2")
+    admin.expect("Approve which requests")
+    admin.child.send("a")
+    admin.child.send("\r")
+    for prompt in ("Rounds", "Local epochs per round", "proximal mu", "Minimum clients",
+                   "Seconds the sites have to join", "Batch size"):
+        admin.answer(prompt)
+    return int(admin.expect_re(r"approved into session (\d+) on port").group(1))
+
+
+def test_exit_while_a_session_runs_waits_or_stops_it_cleanly(world: dict) -> None:
+    """The exit question: back to the menu; wait (the session ends meanwhile); stop it now."""
+    home = world["root"] / "exit-server"
+    settings = load_settings(home=home)
+    store = Store.open(settings)
+    store.ensure_initial_version(make_weights(0), metadata={"model": {"image_size": 32}})  # no TensorFlow
+    store.enrol_site("north")
+    env = {**world["env"], "FL_HOME": str(home), "FL_REQUEST_PORT": str(free_port()),
+           "FL_SESSION_PORT_START": str(free_port())}
+    try:
+        store.submit_request("north", rounds=1, local_epochs=1, dp={"noise_multiplier": 1.0})
+        admin = Term("server.console.cli", [], env, world["root"] / "exit-wait.log")
+        try:
+            admin.expect("request socket on", timeout=120)
+            waited = _approve_one(admin)
+            admin.pick("x")
+            admin.answer("1 session(s) still running", DOWN + DOWN)  # back to the menu
+            admin.pick("x")
+            admin.answer("Before exiting:")  # wait for them to finish
+            admin.expect("waiting for the sessions to end")
+            time.sleep(1)
+            assert admin.child.isalive(), "the console waits while the session runs"
+            SessionManager(store, settings).stop(waited, reason="ended by its sites")  # from elsewhere
+            admin.expect(f"session {waited} cancelled: ended by its sites")
+            admin.expect("bye")
+            assert admin.finish() == 0
+        finally:
+            admin.stop()
+
+        store.submit_request("north", rounds=1, local_epochs=1, dp={"noise_multiplier": 1.0})
+        admin = Term("server.console.cli", [], env, world["root"] / "exit-stop.log")
+        try:
+            admin.expect("request socket on", timeout=120)
+            stopped = _approve_one(admin)
+            pid = store.get_session(stopped).pid
+            assert session_process_alive(pid)
+            admin.pick("x")
+            admin.answer("1 session(s) still running", DOWN)  # stop them cleanly now
+            admin.expect("bye")
+            assert admin.finish() == 0
+        finally:
+            admin.stop()
+        session = store.get_session(stopped)
+        assert session.state == SessionState.CANCELLED and session.reason == "server shut down by the admin"
+        assert not session_process_alive(pid)
+        assert store.get_session(waited).state == SessionState.CANCELLED
+    finally:
+        store.close()

@@ -130,7 +130,9 @@ def test_accept_and_evaluate_need_an_available_accepted_version(north: Server,
 def test_dataset_summary_lists_classes_and_skipped_files(north: Server, capsys: pytest.CaptureFixture[str]) -> None:
     (north.data / "glioma" / "notes.txt").write_text("not an image")
     code, out = run(capsys, "dataset")
-    assert code == 0 and "glioma" in out and "20" in out and "Skipped files (1)" in out
+    assert code == 0 and "glioma" in out and "20" in out and "1 file(s) skipped:" in out
+    assert "glioma/notes.txt: not an image file (.txt)" in out
+    assert f"data folder: {north.data}\n" in out  # the path whole, on one line
 
 
 def test_privacy_and_log_start_empty(north: Server, capsys: pytest.CaptureFixture[str]) -> None:
@@ -147,7 +149,8 @@ def test_tables_fit_an_80_column_pipe(north: Server, capsys: pytest.CaptureFixtu
     monkeypatch.setenv("COLUMNS", "80")
     for command in ("requests", "updates", "notifications", "dataset", "privacy"):
         _, out = run(capsys, command)
-        assert max(len(line) for line in out.splitlines()) <= 80, command
+        laid_out = [line for line in out.splitlines() if str(north.data) not in line]  # paths are never cut
+        assert max(len(line) for line in laid_out) <= 80, command
 
 
 def test_wrong_token_is_named(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
@@ -162,3 +165,28 @@ def test_unreachable_server_is_named_with_what_to_do(server: Server, capsys: pyt
         f"127.0.0.1:{closed}")
     code, out = run(capsys, "updates")
     assert code == 1 and f"server not reachable at 127.0.0.1:{closed}" in out and "server is running" in out
+
+
+def test_evaluate_without_a_site_needs_a_model_file_and_a_folder(server: Server, capsys: pytest.CaptureFixture[str],
+                                                                 tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        main(["evaluate", "v1", "--data", str(server.data)])  # a version belongs to a site
+    assert "--site NAME is needed" in capsys.readouterr().err
+    not_a_model = tmp_path / "north_FinalGlobal_v1.h5"
+    not_a_model.write_text("not HDF5")
+    code = main(["evaluate", str(not_a_model)])
+    out = capsys.readouterr().out
+    assert code == 1 and "needs the folder of scans: --data DIR" in out and "hint:" in out
+    code = main(["evaluate", str(not_a_model), "--data", str(server.data)])
+    out = capsys.readouterr().out
+    assert code == 1 and "is not a classifier model file" in out and "FinalGlobal" in out
+    code = main(["evaluate", str(tmp_path / "missing.h5"), "--data", str(server.data)])
+    assert code == 1 and "does not exist" in capsys.readouterr().out
+
+
+def test_a_site_name_never_becomes_a_path_outside_the_sites_folder(server: Server,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    home = Path(load_settings().home)
+    code, out = run(capsys, "requests", site="../../escaped")
+    assert code == 1 and "not set up" in out
+    assert not (home.parent / "escaped").exists() and (home / "logs" / "fl-client.log").is_file()

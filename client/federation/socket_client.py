@@ -42,6 +42,7 @@ from shared.errors import (
     ServerFault,
     StoreError,
 )
+from shared.progress import report
 from shared.tls import wrap_client_socket
 
 _ERRORS: dict[str, type[FLError]] = {
@@ -207,6 +208,7 @@ class SiteConnection:
             data = _chunk_bytes(chunk, first, index)
             whole.update(data)
             out.write(data)
+            report(f"downloading v{number}", out.tell(), first.total_size, "bytes")
             index += 1
         size = out.tell()
         if size != first.total_size or whole.hexdigest() != first.sha256:

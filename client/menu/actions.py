@@ -16,11 +16,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from client.federation.socket_client import SiteConnection
-from client.menu.evaluation import Evaluation, evaluate_weights
+from client.menu.evaluation import Evaluation, evaluate_model_file, evaluate_weights
 from client.site_profile import SiteProfile, save_profile
 from shared import protocol
 from shared.dataset_layout import DatasetScan, scan_dataset
 from shared.errors import ConfigError, NotFoundError, PrivacyBudgetExceeded
+from shared.progress import report
 from shared.settings import Settings
 
 #: ``progress(round, epoch, loss, accuracy)``, called after every local epoch.
@@ -148,24 +149,31 @@ def accept_update(profile: SiteProfile, number: int) -> Path:
             raise NotFoundError(f"version v{number} is not available to site '{profile.site}'",
                                 hint="List the available updates first.")
         weights_path, sha256 = connection.download_version(number, profile.models_dir / f"v{number}.npz")
-        h5_path = save_global_model(
-            weights_path, sha256, version.model, profile.models_dir / f"{profile.site}_FinalGlobal_v{number}.h5",
-            backbone_weights=profile.backbone_weights,
-        )
+        h5_name = f"{profile.site}_FinalGlobal_v{number}.h5"
+        report(f"saving {h5_name}", 0, 1, "step")
+        h5_path = save_global_model(weights_path, sha256, version.model, profile.models_dir / h5_name,
+                                    backbone_weights=profile.backbone_weights)
+        report(f"saving {h5_name}", 1, 1, "step")
         connection.accept_update(number)
     _log_version(profile, {"version": number, "sha256": sha256, "h5": str(h5_path), "npz": str(weights_path),
                            "metrics": version.metrics, "model": version.model})
     return h5_path
 
 
-def evaluate_version(profile: SiteProfile, number: int) -> Evaluation:
-    """Accuracy and confusion matrix of an accepted version on every local image (no network)."""
+def evaluate_version(profile: SiteProfile, number: int, data_root: Path | None = None) -> Evaluation:
+    """Accuracy and confusion matrix of an accepted version on ``data_root`` (default: every local
+    image); no network, nothing written."""
     entry = next((e for e in reversed(version_log(profile)) if e["version"] == number), None)
     if entry is None:
         raise NotFoundError(f"v{number} has not been accepted on site '{profile.site}'",
                             hint=f"Accept it first: fl-client --site {profile.site} accept v{number}")
-    return evaluate_weights(number, Path(entry["npz"]), entry["sha256"], entry["model"], profile.data_root,
+    return evaluate_weights(number, Path(entry["npz"]), entry["sha256"], entry["model"], data_root or profile.data_root,
                             backbone_weights=profile.backbone_weights)
+
+
+def evaluate_file(model_file: Path, data_root: Path) -> Evaluation:
+    """A saved model file (``<site>_FinalGlobal_vN.h5``) on a folder of scans: needs no site."""
+    return evaluate_model_file(model_file, data_root)
 
 
 def version_log(profile: SiteProfile) -> list[dict[str, Any]]:

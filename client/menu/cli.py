@@ -1,5 +1,8 @@
 """``fl-client --site NAME``: with no command the hospital menu; with one, that action and exit.
 
+``fl-client evaluate MODEL_FILE --data DIR`` needs no site: a hospital can try a released model
+file on its scans before it sets up a site or lets the software near its training data.
+
 This module only parses arguments and dispatches; the handlers live in ``site_commands`` and
 the menu in ``site_menu``, and both call the same ``site_actions``.
 """
@@ -10,19 +13,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from client.menu.commands import COMMANDS, console, setup
+from pydantic import TypeAdapter, ValidationError
+
+from client.menu.commands import COMMANDS, console, evaluate, setup
 from client.site_profile import load_profile
-from shared.cli_types import version_number
-from shared.errors import FLError
-from shared.logging_setup import configure_logging
-from shared.settings import load_settings
-from shared.terminal import print_error
+from shared import protocol
+from shared.cli_types import add_verbose_option, version_number
+from shared.program import Program
+from shared.settings import Settings, load_settings
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fl-client", description="A hospital site of the federation. "
                                      "Without a command: the interactive menu.")
-    parser.add_argument("--site", required=True, help="this site's name, as enrolled by the admin")
+    parser.add_argument("--site", help="this site's name, as enrolled by the admin (needed by every command "
+                        "except evaluate MODEL_FILE --data DIR)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     setup_parser = commands.add_parser("setup", help="save this site's server, token, data folder and budget")
@@ -56,35 +61,63 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("updates", help="model versions available to this site")
     accept = commands.add_parser("accept", help="download, verify and save a model version")
     accept.add_argument("version", type=version_number, help="e.g. v1 or 1")
-    evaluate = commands.add_parser("evaluate", help="accuracy and confusion matrix of an accepted version")
-    evaluate.add_argument("version", type=version_number, help="e.g. v1 or 1")
+    evaluate = commands.add_parser("evaluate", help="accuracy, confusion matrix and recall of a model on a folder "
+                                   "of scans; works without a set-up site when given a saved model file")
+    evaluate.add_argument("model", type=version_or_file, metavar="VERSION|MODEL_FILE",
+                          help="an accepted version (v3), or a saved model file (north_FinalGlobal_v3.h5)")
+    evaluate.add_argument("--data", type=Path, help="folder with class sub-folders (default: the site's data)")
     commands.add_parser("dataset", help="local dataset summary")
     commands.add_parser("privacy", help="privacy spent (composed) versus budget")
     commands.add_parser("log", help="versions this site accepted")
+    add_verbose_option(parser, commands)
     return parser
 
 
 
+def version_or_file(text: str) -> int | Path:
+    """``v3``/``3`` -> 3; an existing file or a ``.h5`` name -> that path."""
+    path = Path(text).expanduser()
+    if path.suffix.lower() == ".h5" or path.is_file():
+        return path
+    try:
+        return version_number(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"not a version or a model file: {text!r} "
+                                         "(use e.g. v3, or a saved north_FinalGlobal_v3.h5)") from None
+
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        settings = load_settings()
-        if args.command is None:  # the menu's screen belongs to the menu; logs go to a file
-            from client.menu.site_menu import run_menu
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.site is None and not (args.command == "evaluate" and isinstance(args.model, Path)):
+        parser.error("--site NAME is needed (only 'evaluate MODEL_FILE --data DIR' works without a site)")
+    program = Program(console, verbose=args.verbose)
+    return program.run(lambda: _run(args, program))
 
-            configure_logging(settings.log_level, settings.site_dir(args.site) / "menu.log", console=False)
-            return run_menu(settings, args.site)
-        configure_logging(settings.log_level)
-        if args.command == "setup":
-            return setup(args, settings)
-        return COMMANDS[args.command](args, load_profile(settings, args.site))
-    except FLError as error:
-        print_error(console, error)
-        return 1
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        return 130
+
+def _run(args: argparse.Namespace, program: Program) -> int:
+    settings = load_settings()
+    if args.command is None:  # the menu's screen belongs to the menu; logs go to a file only
+        from client.menu.site_menu import run_menu
+
+        program.log_to(_log_folder(settings, args.site) / "menu.log", level=settings.log_level, console_logs=False)
+        return run_menu(settings, args.site)
+    program.log_to(_log_folder(settings, args.site) / "fl-client.log", level=settings.log_level)
+    if args.command == "setup":
+        return setup(args, settings)
+    if args.site is None:  # evaluate MODEL_FILE --data DIR: no site, no profile, no network
+        evaluate(console, None, args.model, args.data)
+        return 0
+    return COMMANDS[args.command](args, load_profile(settings, args.site))
+
+
+def _log_folder(settings: Settings, site: str | None) -> Path:
+    """The site's own folder; ``home/logs`` without a site or for a name that is no site name
+    (which must not become a path: ``--site ../x``)."""
+    try:
+        return settings.site_dir(TypeAdapter(protocol.SiteName).validate_python(site))
+    except ValidationError:
+        return settings.home / "logs"
 
 
 if __name__ == "__main__":

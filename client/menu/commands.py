@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 from rich.console import Console
 
@@ -16,8 +17,9 @@ from client.menu import views
 from client.menu.training_display import TrainingDisplay
 from client.site_profile import SiteProfile
 from shared.errors import UsageError
+from shared.progress import ProgressDisplay
 from shared.settings import Settings
-from shared.terminal import make_console
+from shared.terminal import make_console, print_unwrapped
 
 console = make_console()
 
@@ -34,23 +36,25 @@ def parse_server(text: str) -> tuple[str, int]:
 
 def setup(args: argparse.Namespace, settings: Settings) -> int:
     host, port = parse_server(args.server)
-    profile = site_actions.setup_site(
-        settings, site=args.site, token=args.token, data_root=args.data, server_host=host, server_port=port,
-        budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta, backbone_weights=args.backbone_weights,
-        tls_ca=args.tls_ca)
+    with console.status("checking every image ..."):
+        profile = site_actions.setup_site(
+            settings, site=args.site, token=args.token, data_root=args.data, server_host=host, server_port=port,
+            budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta,
+            backbone_weights=args.backbone_weights, tls_ca=args.tls_ca)
     print_setup(console, profile)
     return 0
 
 
 def print_setup(out: Console, profile: SiteProfile) -> None:
-    out.print(f"site {profile.site} set up: data {profile.data_root}, server "
-              f"{profile.server_host}:{profile.server_port}, budget epsilon {profile.budget_epsilon:g}")
+    print_unwrapped(out, f"site {profile.site} set up: data {profile.data_root}, server "
+                         f"{profile.server_host}:{profile.server_port}, budget epsilon {profile.budget_epsilon:g}")
 
 
 def send_request(out: Console, profile: SiteProfile, *, rounds: int, local_epochs: int, dp: dict,
                  note: str) -> str:
     """Check the budget, send the request, say so; returns its label (``REQ-n``)."""
-    view = site_actions.request_training(profile, rounds=rounds, local_epochs=local_epochs, dp=dp, note=note)
+    with out.status("checking the images and the privacy budget ..."):
+        view = site_actions.request_training(profile, rounds=rounds, local_epochs=local_epochs, dp=dp, note=note)
     out.print(f"sent {view.label} ({view.state}); the admin will approve or reject it")
     return view.label
 
@@ -66,25 +70,42 @@ def train_request(out: Console, profile: SiteProfile, request: str, timeout: flo
 
 
 def show_dataset(out: Console, profile: SiteProfile) -> None:
-    scan = site_actions.dataset_summary(profile)
-    out.print(views.dataset_table(scan))
-    if scan.skipped:
-        out.print(views.skipped_table(scan))
+    with out.status("checking every image ..."):
+        scan = site_actions.dataset_summary(profile)
+    views.print_dataset(out, scan)
 
 
 def show_privacy(out: Console, profile: SiteProfile) -> None:
     out.print(views.privacy_table(site_actions.privacy_status(profile)))
 
 
+def show_log(out: Console, profile: SiteProfile) -> None:
+    out.print(views.version_log_table(site_actions.version_log(profile)))
+    print_unwrapped(out, f"model files in {profile.models_dir}")
+
+
 def accept(out: Console, profile: SiteProfile, number: int) -> None:
-    out.print(f"downloading v{number} ...")
-    path = site_actions.accept_update(profile, number)
-    out.print(f"saved {path} (sha256 verified)")
+    with ProgressDisplay(out):
+        path = site_actions.accept_update(profile, number)
+    print_unwrapped(out, f"saved {path} (sha256 verified)")
 
 
-def evaluate(out: Console, profile: SiteProfile, number: int) -> None:
-    out.print(f"evaluating v{number} on the local images ...")
-    out.print(views.evaluation_view(site_actions.evaluate_version(profile, number)))
+def evaluate(out: Console, profile: SiteProfile | None, model: int | Path, data: Path | None) -> None:
+    """A version this site accepted (``model`` an int) or a saved model file, on ``data``
+    (default: the site's own images)."""
+    if data is None and profile is None:
+        raise UsageError("evaluating a model file without --site needs the folder of scans: --data DIR",
+                         hint="fl-client evaluate north_FinalGlobal_v3.h5 --data FOLDER "
+                              "(FOLDER/glioma, FOLDER/meningioma, ...)")
+    folder = data or profile.data_root  # type: ignore[union-attr]
+    label = f"v{model}" if isinstance(model, int) else str(model)
+    print_unwrapped(out, f"evaluating {label} on the images in {folder} ...")
+    with ProgressDisplay(out):
+        if isinstance(model, int):
+            result = site_actions.evaluate_version(profile, model, folder)  # type: ignore[arg-type]
+        else:
+            result = site_actions.evaluate_file(model, folder)
+    views.print_evaluation(out, result)
 
 
 def _request(args: argparse.Namespace, profile: SiteProfile) -> int:
@@ -119,7 +140,7 @@ def _accept(args: argparse.Namespace, profile: SiteProfile) -> int:
 
 
 def _evaluate(args: argparse.Namespace, profile: SiteProfile) -> int:
-    evaluate(console, profile, args.version)
+    evaluate(console, profile, args.model, args.data)
     return 0
 
 
@@ -134,7 +155,7 @@ def _privacy(args: argparse.Namespace, profile: SiteProfile) -> int:
 
 
 def _log(args: argparse.Namespace, profile: SiteProfile) -> int:
-    console.print(views.version_log_table(site_actions.version_log(profile)))
+    show_log(console, profile)
     return 0
 
 

@@ -23,6 +23,7 @@ from client.menu.commands import (
     print_setup,
     send_request,
     show_dataset,
+    show_log,
     show_privacy,
     train_request,
 )
@@ -141,11 +142,12 @@ def evaluate_version(out: Console, profile: SiteProfile) -> None:
         out.print("no accepted version yet; accept an update first")
         return
     number = prompts.choose("Evaluate which version?", [Choice(f"v{n}", value=str(n)) for n in accepted])
-    evaluate(out, profile, int(number))
+    folder = prompts.text("Folder of scans (class sub-folders)", str(profile.data_root), required=True)
+    evaluate(out, profile, int(number), Path(folder).expanduser())
 
 
 def log_and_privacy(out: Console, profile: SiteProfile) -> None:
-    out.print(views.version_log_table(site_actions.version_log(profile)))
+    show_log(out, profile)
     show_privacy(out, profile)
 
 

@@ -1,19 +1,22 @@
 """Rich renderings of what a site sees; the menu and the subcommands print the same tables.
 
-Headers are short and long cells fold, so every table stays readable in an 80-column pipe.
+Headers are short and long cells fold, so every table stays readable in an 80-column pipe;
+paths are never put in a table (a cell folds them mid-name): ``print_*`` puts them on lines
+of their own.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from rich.console import Group
+from rich.console import Console
 from rich.table import Table
 
 from client.menu.evaluation import Evaluation
 from shared import protocol
-from shared.dataset_layout import CLASS_NAMES, DatasetScan
-from shared.terminal import narrow_table
+from shared.dataset_layout import CLASS_NAMES, DatasetScan, SkippedFile
+from shared.terminal import narrow_table, print_unwrapped
 
 
 def requests_table(requests: list[protocol.RequestView]) -> Table:
@@ -48,19 +51,25 @@ def versions_table(versions: list[protocol.VersionView]) -> Table:
     return table
 
 
-def dataset_table(scan: DatasetScan) -> Table:
-    table = narrow_table(f"Local dataset {scan.root}", "class", "images", right=("images",))
+def print_dataset(out: Console, scan: DatasetScan) -> None:
+    """Images per class, then every skipped file with why (paths on lines of their own)."""
+    print_unwrapped(out, f"data folder: {scan.root}")
+    table = narrow_table("Local dataset", "class", "images", right=("images",))
     for name in CLASS_NAMES:
         table.add_row(name, str(scan.counts[name]))
     table.add_row("[bold]total", f"[bold]{scan.total}")
-    return table
+    out.print(table)
+    print_skipped(out, scan.root, scan.skipped)
 
 
-def skipped_table(scan: DatasetScan) -> Table:
-    table = narrow_table(f"Skipped files ({len(scan.skipped)})", "file", "why")
-    for skipped in scan.skipped:
-        table.add_row(str(skipped.path), skipped.reason)
-    return table
+def print_skipped(out: Console, root: Path, skipped: list[SkippedFile]) -> None:
+    """``N file(s) skipped:`` and one ``class/file: reason`` line each, nothing when none."""
+    if not skipped:
+        return
+    out.print(f"{len(skipped)} file(s) skipped:")
+    for item in skipped:
+        name = item.path.relative_to(root) if item.path.is_relative_to(root) else item.path
+        print_unwrapped(out, f"  {name}: {item.reason}")
 
 
 def privacy_table(status: dict[str, float]) -> Table:
@@ -71,20 +80,22 @@ def privacy_table(status: dict[str, float]) -> Table:
 
 
 def version_log_table(entries: list[dict[str, Any]]) -> Table:
+    """File names only: the folder is the site's models folder (printed beside, unbroken)."""
     table = narrow_table("Accepted versions", "ver", "accepted", "model file", "sha256")
     for e in entries:
-        table.add_row(f"v{e['version']}", e["accepted_at"], e["h5"], e["sha256"][:12])
+        table.add_row(f"v{e['version']}", e["accepted_at"], Path(e["h5"]).name, e["sha256"][:12])
     return table
 
 
-def evaluation_view(result: Evaluation) -> Group:
-    """Accuracy, then the confusion matrix with each class's recall."""
-    matrix = narrow_table(f"v{result.version} on {result.examples} local images: accuracy {result.accuracy:.1%}",
-                    "true \\ predicted", *CLASS_NAMES, "recall", right=(*CLASS_NAMES, "recall"))
+def print_evaluation(out: Console, result: Evaluation) -> None:
+    """Accuracy, the confusion matrix with each class's recall, and what was skipped and why."""
+    print_unwrapped(out, f"{result.model} on {result.examples} images in {result.data_root}: "
+                         f"accuracy {result.accuracy:.1%}")
+    matrix = narrow_table("Confusion matrix (rows: true class, columns: predicted)", "true \\ predicted",
+                          *CLASS_NAMES, "recall", right=(*CLASS_NAMES, "recall"))
     for index, (name, row) in enumerate(zip(CLASS_NAMES, result.confusion)):
         recall = result.recall(index)
-        matrix.add_row(name, *map(str, row), f"{recall:.1%}" if recall is not None else "")
-    lines: list[Any] = [matrix]
-    if result.skipped:
-        lines.append(f"{result.skipped} file(s) skipped (see the dataset summary)")
-    return Group(*lines)
+        matrix.add_row(name, *map(str, row), f"{recall:.1%}" if recall is not None else "no images")
+    out.print(matrix)
+    if result.data_root is not None:
+        print_skipped(out, result.data_root, result.skipped)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -21,6 +22,7 @@ import tensorflow as tf
 from client.training.data import SiteData, image_dataset
 from shared.classifier import backbone_fingerprint
 from shared.dataset_layout import CLASS_NAMES
+from shared.progress import report
 
 FORMAT_VERSION = 1
 _BATCH = 64
@@ -57,7 +59,10 @@ def compute_features(features_model: tf.keras.Model, data: SiteData) -> np.ndarr
     """Run the backbone over every image of ``data`` (inference mode)."""
     every = np.arange(len(data.paths))
     images = image_dataset(data, every).map(lambda x, y: x).batch(_BATCH)
-    return features_model.predict(images, verbose=0).astype(np.float32)
+    batches = math.ceil(len(every) / _BATCH)
+    shown = tf.keras.callbacks.LambdaCallback(  # a display, when one is open, shows each batch
+        on_predict_batch_end=lambda batch, logs: report("backbone features", batch + 1, batches, "batches"))
+    return features_model.predict(images, verbose=0, callbacks=[shown]).astype(np.float32)
 
 
 def _write_atomic(path: Path, **arrays: np.ndarray) -> None:

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import closing
 from pathlib import Path
 
 from server.console.commands import COMMANDS, console
 from server.store import Store
-from shared.cli_types import version_number
-from shared.errors import FLError
-from shared.logging_setup import configure_logging
+from shared.cli_types import add_verbose_option, version_number
+from shared.program import Program
 from shared.settings import load_settings
-from shared.terminal import print_error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("audit", help="verify the audit log's hash chain")
     _analyst_token_options(commands.add_parser(
         "analyst-token", help="dashboard tokens for analysts (fl-history web off loopback)"))
+    add_verbose_option(parser, commands)
     return parser
 
 
@@ -97,31 +97,23 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, help="local ResNet50 weights file; default none")
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        settings = load_settings()
-        if args.command is None:  # the console's screen belongs to the menu; logs go to a file
-            configure_logging(settings.log_level, settings.home / "logs" / "admin-console.log", console=False)
-        else:
-            configure_logging(settings.log_level)
-        store = Store.open(settings)
-    except FLError as error:
-        print_error(console, error)
-        return 1
-    try:
-        if args.command is None:
+    program = Program(console, verbose=args.verbose)
+    return program.run(lambda: _run(args, program))
+
+
+def _run(args: argparse.Namespace, program: Program) -> int:
+    settings = load_settings()
+    menu = args.command is None  # the console's screen belongs to the menu; logs go to a file only
+    program.log_to(settings.home / "logs" / ("admin-console.log" if menu else "fl-server.log"),
+                   level=settings.log_level, console_logs=not menu)
+    with closing(Store.open(settings)) as store:
+        if menu:
             from server.console.menu import run_console
 
             return run_console(store, settings)
         return COMMANDS[args.command](args, store, settings)
-    except FLError as error:
-        print_error(console, error)
-        return 1
-    finally:
-        store.close()
 
 
 if __name__ == "__main__":

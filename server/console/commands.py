@@ -21,8 +21,10 @@ from server.socket.request_socket import RequestServerThread
 from server.store import Store
 from server.store.lifecycle import RequestState, SessionState
 from server.store.records import SessionInfo
+from shared.errors import SessionFailedError
+from shared.progress import ProgressDisplay
 from shared.settings import Settings
-from shared.terminal import make_console
+from shared.terminal import make_console, print_unwrapped
 
 console = make_console()
 
@@ -43,8 +45,9 @@ def _init(args: argparse.Namespace, store: Store, settings: Settings) -> int:
     from server.sessions.initial_model import ensure_initial_version
 
     choice = model_choice(args, settings)
-    version = ensure_initial_version(store, image_size=choice.image_size, trainable_blocks=choice.trainable_blocks,
-                                     seed=choice.seed, weights=choice.weights)
+    with console.status("building the initial model (ResNet50) ..."):
+        version = ensure_initial_version(store, image_size=choice.image_size, trainable_blocks=choice.trainable_blocks,
+                                         seed=choice.seed, weights=choice.weights)
     console.print(f"store ready at {settings.database_url}; initial model {version.label} "
                   f"({version.metadata['model']['image_size']} px, {version.size_bytes / 1e6:.2f} MB)")
     return 0
@@ -119,12 +122,24 @@ def _approve(args: argparse.Namespace, store: Store, settings: Settings) -> int:
     options = approval_options(args, store)
     manager = SessionManager(store, settings)
     session = actions.approve(manager, args.requests, options)
-    console.print(approved_text(session, manager))
+    print_unwrapped(console, approved_text(session, manager))  # it ends with the session log's path
     if not args.wait:
         return 0
-    session = manager.wait(session.id)
+    session = _wait_showing_rounds(manager, store, session)
     console.print(views.sessions_table([actions.SessionProgress(session, store.session_rounds(session.id))]))
     return 0 if session.state == SessionState.COMPLETED else 1
+
+
+def _wait_showing_rounds(manager: SessionManager, store: Store, session: SessionInfo) -> SessionInfo:
+    """``manager.wait`` with a rounds bar (plain lines in a pipe), refreshed every 2 s."""
+    total = int(session.config.get("rounds", 1))
+    with ProgressDisplay(console) as display:
+        while True:
+            try:
+                return manager.wait(session.id, timeout_s=2.0)
+            except SessionFailedError:  # not over yet
+                done = len({r.round_number for r in store.session_rounds(session.id) if r.phase == "fit"})
+                display.update(f"session {session.id}", done, total, "rounds")
 
 
 def _reject(args: argparse.Namespace, store: Store, settings: Settings) -> int:

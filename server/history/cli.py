@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import closing
 from pathlib import Path
 
 from server.history.commands import COMMANDS
 from server.history.export import FORMATS
 from server.store import Store
-from shared.cli_types import version_number
-from shared.errors import FLError
+from shared.cli_types import add_verbose_option, version_number
+from shared.program import Program
 from shared.settings import load_settings
-from shared.terminal import make_console, print_error
+from shared.terminal import make_console
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     web.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (default 127.0.0.1; any other needs TLS and an analyst token)")
     web.add_argument("--port", type=_port, default=8050, help="default 8050")
+    add_verbose_option(parser, commands)
     return parser
 
 
@@ -55,28 +57,23 @@ def _port(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    console = make_console()
-    try:
-        settings = load_settings(**({"home": args.home} if args.home else {}))
-        store = Store.open(settings, readonly=True)
-    except FLError as error:
-        print_error(console, error)
-        return 1
-    try:
+    program = Program(make_console(), verbose=args.verbose)
+    return program.run(lambda: _run(args, program))
+
+
+def _run(args: argparse.Namespace, program: Program) -> int:
+    settings = load_settings(**({"home": args.home} if args.home else {}))
+    program.log_to(None, level=settings.log_level)  # read-only: the analyst writes nothing, not even a log
+    with closing(Store.open(settings, readonly=True)) as store:
         if args.command is None:
             from server.history.browser import run_browser
 
-            return run_browser(store, console)
+            return run_browser(store, program.console)
         if args.command == "web":  # imported here: the terminal views need no web stack
             from server.history.web.serve import serve
 
-            return serve(store, settings, console, host=args.host, port=args.port)
-        return COMMANDS[args.command](args, store, console)
-    except FLError as error:
-        print_error(console, error)
-        return 1
-    finally:
-        store.close()
+            return serve(store, settings, program.console, host=args.host, port=args.port)
+        return COMMANDS[args.command](args, store, program.console)
 
 
 if __name__ == "__main__":
