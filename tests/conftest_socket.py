@@ -38,9 +38,9 @@ class Env:
             "127.0.0.1", self.port, site, token or self.tokens[site], max_frame_bytes=CAP, timeout=10, **kw
         )
 
-    def raw(self) -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-        return sock
+    def raw(self, source: str = "127.0.0.1") -> socket.socket:
+        """A plain TCP connection from ``source`` (another loopback address plays an outsider)."""
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10, source_address=(source, 0))
 
     def close(self) -> None:
         self.thread.stop()

@@ -96,9 +96,9 @@ def test_store_keeps_only_the_hash_and_authenticates(store: Store, sites: dict) 
     for name, token in sites.items():
         assert token not in stored[name]
         assert store.authenticate(name, token).name == name
-    with pytest.raises(AuthError, match="wrong token for site 'alpha'"):
+    with pytest.raises(AuthError, match="^unknown site or wrong token$"):
         store.authenticate("alpha", sites["beta"])
-    with pytest.raises(AuthError, match="unknown site 'x'"):
+    with pytest.raises(AuthError, match="^unknown site or wrong token$"):
         store.authenticate("x", sites["alpha"])
     store.disable_site("gamma")
     with pytest.raises(AuthError, match="disabled"):

@@ -25,9 +25,15 @@ class AuditStore(StoreBase):
         with self._write() as session:
             audit_chain.append(session, actor, action, detail)
 
-    def verify_audit(self) -> AuditVerdict:
+    def verify_audit(self, expected_head: audit_chain.AuditHead | None = None) -> AuditVerdict:
+        """Check the keyed chain; with a head exported earlier, also that it is still in the log."""
         with self._read() as session:
-            return audit_chain.verify_chain(session)
+            return audit_chain.verify_chain(session, expected_head)
+
+    def audit_head(self) -> audit_chain.AuditHead:
+        """The newest row's id and hash, to keep outside the server (see ``fl-server audit``)."""
+        with self._read() as session:
+            return audit_chain.head(session)
 
     def audit_trail(self, *, action: str | None = None, actor: str | None = None) -> list[AuditEntry]:
         """Audit rows oldest first, optionally of one action or actor (for the admin and tests)."""

@@ -1,19 +1,27 @@
-"""Append-only audit log whose rows form a hash chain, so editing or removing a row shows.
+"""Append-only audit log whose rows form a keyed hash chain, so editing or removing a row shows.
 
-Each row stores ``row_hash = sha256(prev_hash + canonical_json(content))`` where the content is
-its id, time, actor, action and detail, and ``prev_hash`` is the previous row's hash (64 zeros
-for the first). Appends happen inside the caller's write transaction, which holds the
-database-wide write lock, so two writers can never chain onto the same row.
+Each row stores ``row_hash = HMAC-SHA256(audit key, prev_hash + canonical_json(content))`` where
+the content is its id, time, actor, action and detail, and ``prev_hash`` is the previous row's
+hash (64 zeros for the first). The audit key is derived from the server key file, which lives
+outside the database (:mod:`server.store.server_key`): someone who can write the database but
+not read that file cannot edit a row and re-chain the rest. The key reaches this module through
+the write session's ``info`` (:data:`AUDIT_KEY`), set by the store. Appends happen inside the
+caller's write transaction, which holds the database-wide write lock, so two writers can never
+chain onto the same row.
 
-The chain proves the rows are unchanged relative to each other; cutting rows off the *end*
-leaves a valid shorter chain, which only a copy of the last hash kept elsewhere would reveal.
+The chain proves the rows are unchanged relative to each other; cutting rows off the *end*, or
+a rewrite by someone holding the key, leaves a valid chain that only a copy of an earlier head
+kept elsewhere reveals: :func:`head` gives that copy (``fl-server audit --export-head``) and
+:func:`verify_chain` checks the log still contains it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
+from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -24,8 +32,29 @@ from sqlalchemy.orm import Session
 
 from server.store.models import AuditRow, utcnow
 from server.store.records import AuditVerdict
+from shared.errors import ReadOnlyStoreError
 
 GENESIS_HASH = "0" * 64
+#: Key of ``Session.info`` under which the store puts the audit HMAC key.
+AUDIT_KEY = "fl_audit_key"
+
+
+@dataclass(frozen=True)
+class AuditHead:
+    """The last row of the log at one moment: keep it outside the server to pin the past."""
+
+    row_id: int
+    row_hash: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"row_id": self.row_id, "row_hash": self.row_hash}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AuditHead:
+        row_id, row_hash = data.get("row_id"), data.get("row_hash")
+        if not isinstance(row_id, int) or not isinstance(row_hash, str) or len(row_hash) != 64:
+            raise ValueError("an audit head is {\"row_id\": N, \"row_hash\": \"<64 hex digits>\"}")
+        return cls(row_id, row_hash)
 
 
 def canonical_json(value: Any) -> str:
@@ -58,7 +87,13 @@ def json_safe(value: Any) -> Any:
 
 
 def row_hash(
-    prev_hash: str, row_id: int, at: datetime, actor: str, action: str, detail: dict[str, Any]
+    key: bytes,
+    prev_hash: str,
+    row_id: int,
+    at: datetime,
+    actor: str,
+    action: str,
+    detail: dict[str, Any],
 ) -> str:
     content = {
         "id": row_id,
@@ -67,11 +102,24 @@ def row_hash(
         "action": action,
         "detail": detail,
     }
-    return hashlib.sha256((prev_hash + canonical_json(content)).encode("utf-8")).hexdigest()
+    message = (prev_hash + canonical_json(content)).encode("utf-8")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def audit_key(session: Session) -> bytes:
+    """The audit key the store attached to this session; none on an analyst's read-only store."""
+    key = session.info.get(AUDIT_KEY)
+    if key is None:
+        raise ReadOnlyStoreError(
+            "the audit chain needs the server key, which this store was opened without",
+            hint="Append to and verify the audit log from the admin's fl-server.",
+        )
+    return key
 
 
 def append(session: Session, actor: str, action: str, detail: dict[str, Any]) -> AuditRow:
     """Chain one row onto the log; call only inside a write transaction."""
+    key = audit_key(session)
     last = session.scalars(select(AuditRow).order_by(AuditRow.id.desc()).limit(1)).first()
     row_id = 1 if last is None else last.id + 1
     prev = GENESIS_HASH if last is None else last.row_hash
@@ -84,15 +132,24 @@ def append(session: Session, actor: str, action: str, detail: dict[str, Any]) ->
         action=action,
         detail=detail,
         prev_hash=prev,
-        row_hash=row_hash(prev, row_id, at, actor, action, detail),
+        row_hash=row_hash(key, prev, row_id, at, actor, action, detail),
     )
     session.add(row)
     session.flush()
     return row
 
 
-def verify_chain(session: Session) -> AuditVerdict:
-    """Walk the log in id order and report the first row that breaks the chain."""
+def head(session: Session) -> AuditHead:
+    """The newest row's id and hash (row 0 and the genesis hash for an empty log)."""
+    last = session.scalars(select(AuditRow).order_by(AuditRow.id.desc()).limit(1)).first()
+    return AuditHead(0, GENESIS_HASH) if last is None else AuditHead(last.id, last.row_hash)
+
+
+def verify_chain(session: Session, expected_head: AuditHead | None = None) -> AuditVerdict:
+    """Walk the log in id order and report the first row that breaks the chain; with
+    ``expected_head`` (exported earlier) also that the log still holds that row unchanged."""
+    key = audit_key(session)
+    pinned: str | None = None
     expected_prev = GENESIS_HASH
     checked = 0
     previous_id: int | None = None
@@ -107,9 +164,9 @@ def verify_chain(session: Session) -> AuditVerdict:
                 checked,
                 f"audit row {row.id} does not follow {after}: a row was removed, inserted or reordered",
             )
-        if (
-            row_hash(row.prev_hash, row.id, row.at, row.actor, row.action, row.detail)
-            != row.row_hash
+        if not hmac.compare_digest(
+            row_hash(key, row.prev_hash, row.id, row.at, row.actor, row.action, row.detail),
+            row.row_hash,
         ):
             return _broken(
                 row.id,
@@ -118,6 +175,16 @@ def verify_chain(session: Session) -> AuditVerdict:
             )
         expected_prev = row.row_hash
         previous_id = row.id
+        if expected_head is not None and row.id == expected_head.row_id:
+            pinned = row.row_hash
+    if expected_head is not None and expected_head.row_id > 0 and pinned != expected_head.row_hash:
+        what = "is missing" if pinned is None else "does not match the exported head"
+        return _broken(
+            expected_head.row_id,
+            checked,
+            f"audit row {expected_head.row_id} {what}: "
+            "the log was cut short or rewritten since that head was exported",
+        )
     return AuditVerdict(
         ok=True,
         rows_checked=checked,

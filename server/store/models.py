@@ -121,10 +121,11 @@ class FlSession(Base):
 
 
 class SessionMember(Base):
-    """A request approved into a session, with that site's session secret.
+    """A request approved into a session, with the nonce of that site's session secret.
 
-    The secret is stored in plain text because the site must fetch it later through the
-    authenticated socket; it is only valid for this one session and is wiped when it ends.
+    ``secret`` holds a random nonce, not the secret: the secret is an HMAC of the nonce under
+    the server key (``server.store.session_secrets``), so the database alone cannot join a
+    session. The nonce is wiped when the session ends or the site is disabled.
     """
 
     __tablename__ = "session_members"
@@ -208,7 +209,7 @@ class Notification(Base):
 
 
 class AuditRow(Base):
-    """Append-only, hash-chained: ``row_hash = sha256(prev_hash + canonical JSON of the row)``."""
+    """Append-only, keyed chain: ``row_hash = HMAC(audit key, prev_hash + canonical JSON of the row)``."""
 
     __tablename__ = "audit_log"
 
