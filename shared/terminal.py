@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from shared.errors import FLError
+from shared.plain_text import strip_control
 
 #: Short cells that read badly when broken; every other column folds.
 _NO_WRAP = {"req", "ver", "kind", "state", "sess", "rnd", "ep", "round", "decided", "when", "sha256"}
@@ -21,6 +23,12 @@ def print_error(console: Console, error: FLError) -> None:
     console.print(f"[red]error:[/] {error}", markup=True)
     if error.hint:
         console.print(f"[yellow]hint:[/] {error.hint}")
+
+
+def untrusted(text: str) -> Text:
+    """Text a site (or a client's log line) chose, for a Rich table or print: shown literally,
+    never parsed as markup, and without control characters (see ``shared.plain_text``)."""
+    return Text(strip_control(text))
 
 
 def narrow_table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Table:

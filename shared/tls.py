@@ -150,3 +150,10 @@ def require_tls_beyond_loopback(host: str, tls: ServerTLS | None, insecure: bool
             "or bind to 127.0.0.1; --insecure (FL_INSECURE=1) overrides this on a trusted network.",
         )
     log.warning("%s binds to %s without TLS (--insecure): tokens and secrets travel in the clear", what, host)
+
+
+def require_tls_for_listeners(settings: Settings) -> None:
+    """Both listeners, checked at once before the server starts anything (see above)."""
+    tls = server_tls(settings)
+    require_tls_beyond_loopback(settings.request_host, tls, settings.insecure, "the request socket")
+    require_tls_beyond_loopback(settings.session_host, tls, settings.insecure, "the session servers")

@@ -24,9 +24,9 @@ CAP = 4096  # small frame cap so oversized frames and multi-chunk downloads are 
 class Env:
     """A store with two enrolled sites and a running request socket."""
 
-    def __init__(self, tmp: Path, **server_options: Any) -> None:
+    def __init__(self, tmp: Path, settings_overrides: dict[str, Any] | None = None, **server_options: Any) -> None:
         self.settings: Settings = load_settings(
-            home=tmp, request_port=0, max_frame_bytes=CAP, download_chunk_bytes=1024
+            home=tmp, request_port=0, max_frame_bytes=CAP, download_chunk_bytes=1024, **(settings_overrides or {})
         )
         self.store = Store.open(self.settings)
         self.tokens = {site: self.store.enrol_site(site) for site in ("alpha", "beta")}

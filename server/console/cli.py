@@ -12,16 +12,20 @@ from pathlib import Path
 
 from server.console.commands import COMMANDS, console
 from server.store import Store
+from server.store.file_modes import restrict_umask
 from shared.cli_types import version_number
 from shared.errors import FLError
 from shared.logging_setup import configure_logging
 from shared.settings import load_settings
 from shared.terminal import print_error
+from shared.tls import require_tls_for_listeners
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fl-server", description="Admin of the federation. "
                                      "Without a command: the interactive admin console.")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow listening beyond loopback without TLS (tokens and weights in clear)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     _model_options(commands.add_parser("init", help="create the store and the initial model v0"))
@@ -34,7 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     enrol.add_argument("site")
     enrol.add_argument("--budget-epsilon", type=float, default=10.0)
     enrol.add_argument("--budget-delta", type=float, default=1e-5)
-    commands.add_parser("disable", help="disable a site").add_argument("site")
+    enrol.add_argument("--issue-cert", type=Path, metavar="CA_DIR",
+                       help="also issue the site's client certificate (mutual TLS) with the CA in CA_DIR")
+    commands.add_parser("disable", help="disable a site and revoke its live session secrets").add_argument("site")
+    commands.add_parser("enable", help="re-enable a disabled site").add_argument("site")
+    commands.add_parser("rotate-token", help="give a site a new token; the old one stops working").add_argument("site")
     commands.add_parser("sites", help="enrolled sites")
 
     listing = commands.add_parser("requests", help="training requests")
@@ -77,7 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     cleanup = commands.add_parser("cleanup", help="delete old weight files (dry run unless --yes)")
     cleanup.add_argument("--keep", type=int, default=5)
     cleanup.add_argument("--yes", action="store_true")
-    commands.add_parser("audit", help="verify the audit log's hash chain")
+    audit = commands.add_parser("audit", help="verify the audit log's keyed hash chain")
+    audit.add_argument("--export-head", type=Path, metavar="FILE",
+                       help="after a good check, write the newest row's hash to FILE (keep it elsewhere)")
+    audit.add_argument("--against", type=Path, metavar="FILE",
+                       help="also check that the log still holds the head exported to FILE")
     return parser
 
 
@@ -93,7 +105,11 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings()
+        settings = load_settings(**({"insecure": True} if args.insecure else {}))
+        if args.command in (None, "serve", "approve"):  # both listeners, checked before anything starts
+            require_tls_for_listeners(settings)
+        if args.command in (None, "serve"):  # the long-running server: its logs and files 0600 (0640)
+            restrict_umask(settings)
         if args.command is None:  # the console's screen belongs to the menu; logs go to a file
             configure_logging(settings.log_level, settings.home / "logs" / "admin-console.log", console=False)
         else:

@@ -23,12 +23,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from server.sessions.runtime import run_session
     from server.store import Store
+    from server.store.file_modes import restrict_umask
     from shared.errors import FLError
     from shared.logging_setup import configure_logging
     from shared.settings import load_settings
     from shared.tls import require_tls_beyond_loopback, server_tls
 
     settings = load_settings()
+    restrict_umask(settings)  # whoever started it: the session's files are state files too
     configure_logging(settings.log_level)
     host = args.host or settings.session_host
     store = Store.open(settings)
