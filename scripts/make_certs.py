@@ -20,8 +20,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.certificates import CertificateFiles, issue_site_certificate, make_certs  # noqa: E402
-from shared.errors import FLError  # noqa: E402
+from shared.certificates import CertificateFiles, issue_site_certificate, make_certs
+from shared.errors import FLError
 
 __all__ = ["CertificateFiles", "main", "make_certs"]
 

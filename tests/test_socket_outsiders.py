@@ -153,7 +153,7 @@ def test_a_site_cannot_queue_more_than_the_pending_cap(tmp_path: Path) -> None:
     env = Env(tmp_path, settings_overrides={"max_pending_requests": 3})
     try:
         with env.connect() as alpha:
-            first = [alpha.submit_request(rounds=1, local_epochs=1, dp=DP) for _ in range(3)][0]
+            first, *_ = [alpha.submit_request(rounds=1, local_epochs=1, dp=DP) for _ in range(3)]
             with pytest.raises(IllegalTransitionError, match="already has 3 pending requests") as caught:
                 alpha.submit_request(rounds=1, local_epochs=1, dp=DP)
             assert "cancel" in caught.value.hint

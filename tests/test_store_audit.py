@@ -1,11 +1,14 @@
-"""Audit chain (verify, edited and removed rows) and site tokens (hashed, salted, checked)."""
+"""Audit chain (verify, edited and removed rows; keyed, with an exported head: issue 14 item 6) and
+site tokens (hashed, salted, checked)."""
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import text
+import hashlib
 
-from server.store import Store
+import pytest
+from sqlalchemy import select, text
+
+from server.store import Store, audit_chain
 from server.store import tokens as site_tokens
 from server.store.audit_chain import GENESIS_HASH, canonical_json
 from shared.errors import AuthError, DuplicateError, StoreError
@@ -131,3 +134,60 @@ def test_notifications_are_per_site_and_acknowledged(store: Store, sites: dict) 
     assert [n.message for n in store.notifications("alpha", unread_only=True)] == ["two"]
     assert store.notifications("beta", unread_only=True)[0].read_at is None
     assert store.acknowledge("alpha", [mine[0].id]) == 0
+
+
+# ----------------------------------------------------------------- keyed chain and exported head
+
+
+def _rechain(store: Store, key: bytes | None, edit: dict[int, dict]) -> None:
+    """What someone with write access to the DB does: edit rows, then recompute every hash after them.
+
+    ``key=None`` is the old unkeyed scheme (sha256), which the probe used to pass ``fl-server audit``.
+    """
+    from server.store.models import AuditRow
+
+    with store._write() as session:
+        prev = GENESIS_HASH
+        for row in session.scalars(select(AuditRow).order_by(AuditRow.id)):
+            if row.id in edit:
+                row.detail = edit[row.id]
+            content = canonical_json({"id": row.id, "at": row.at.isoformat(), "actor": row.actor,
+                                      "action": row.action, "detail": row.detail})
+            row.prev_hash = prev
+            row.row_hash = (hashlib.sha256((prev + content).encode()).hexdigest() if key is None
+                            else audit_chain.row_hash(key, prev, row.id, row.at, row.actor, row.action, row.detail))
+            prev = row.row_hash
+
+
+def test_an_edited_and_rechained_log_fails_without_the_key(store: Store, sites: dict) -> None:
+    """The probe: editing a row and re-chaining with sha256 passed ``fl-server audit``."""
+    _rechain(store, None, {2: {"site": "mallory", "budget_epsilon": 1e9, "budget_delta": 1e-5}})
+    assert not store.verify_audit().ok
+    _rechain(store, b"a guessed key of thirty-two bytes", {2: {"site": "mallory"}})
+    verdict = store.verify_audit()
+    assert not verdict.ok and verdict.first_bad_row_id == 1 and "edited" in verdict.message
+
+
+def test_an_exported_head_reveals_a_cut_or_a_rewrite_with_the_key(store: Store, sites: dict) -> None:
+    head = store.audit_head()
+    assert head.row_id == 3 and store.verify_audit(head).ok
+    store.audit("admin", "later", {})
+    assert store.verify_audit(head).ok  # rows after the head are fine
+    _rechain(store, store._keys.audit, {1: {"site": "alpha", "budget_epsilon": 1e9, "budget_delta": 1e-5}})
+    assert store.verify_audit().ok  # whoever holds the key can re-chain ...
+    verdict = store.verify_audit(head)  # ... but not match a head kept elsewhere
+    assert not verdict.ok and verdict.first_bad_row_id == 3 and "does not match the exported head" in verdict.message
+    with store._engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_log WHERE id >= 3"))
+    verdict = store.verify_audit(head)
+    assert not verdict.ok and "audit row 3 is missing" in verdict.message
+
+
+def test_the_audit_key_is_not_in_the_database(store_settings, store: Store, sites: dict) -> None:
+    if "sqlite" not in store_settings.database_url:
+        pytest.skip("reads the SQLite file")
+    key = store._keys.audit
+    db = store_settings.home / "fl.db"
+    for path in (db, db.with_name("fl.db-wal")):
+        assert key not in path.read_bytes()
+    assert store_settings.key_file.parent != db.parent

@@ -13,9 +13,9 @@ import pytest
 from client.federation.socket_client import SiteConnection
 from scripts.make_certs import main as make_certs_main
 from scripts.make_certs import make_certs
+from server.console.cli import main as server_main
 from server.socket.request_socket import RequestServerThread
 from server.store import Store
-from server.console.cli import main as server_main
 from shared.certificates import issue_site_certificate
 from shared.errors import AuthError, ConfigError, ConnectionProblem, TargetNotEmptyError
 from shared.settings import load_settings
@@ -153,9 +153,9 @@ def test_mutual_tls_binds_a_token_to_its_sites_certificate(mutual_tls_server) ->
         assert north.list_requests() == []
     with pytest.raises(ConnectionProblem):  # no client certificate: no handshake
         _mutual(server, ca_dir, "north", tokens["north"], None).list_requests()
-    with _mutual(server, ca_dir, "north", tokens["north"], "south") as stolen_token:
-        with pytest.raises(AuthError, match="not issued for site 'north'"):
-            stolen_token.list_requests()
+    stolen_token = _mutual(server, ca_dir, "north", tokens["north"], "south")
+    with stolen_token, pytest.raises(AuthError, match="not issued for site 'north'"):
+        stolen_token.list_requests()
 
 
 def test_flower_session_over_tls_refuses_a_site_trusting_another_ca(tmp_path: Path, certs) -> None:

@@ -22,8 +22,8 @@ from server.history.queries import version_details
 from server.sessions.manager import ApprovalOptions, SessionEvent, SessionManager
 from server.socket.request_socket import RequestServerThread
 from server.store import Store
-from server.store.lifecycle import RequestState, SessionState
 from server.store.audit_chain import AuditHead
+from server.store.lifecycle import RequestState, SessionState
 from server.store.records import SessionInfo
 from shared.certificates import issue_site_certificate
 from shared.errors import UsageError

@@ -17,7 +17,9 @@ import numpy as np
 from flwr.common.grpc import generic_create_grpc_server
 from flwr.proto.transport_pb2_grpc import add_FlowerServiceServicer_to_server
 from flwr.server.client_manager import ClientManager
-from flwr.server.superlink.fleet.grpc_bidi.flower_service_servicer import FlowerServiceServicer
+from flwr.server.superlink.fleet.grpc_bidi.flower_service_servicer import (
+    FlowerServiceServicer,
+)
 
 from server.sessions.admission import joining_from
 
@@ -42,7 +44,7 @@ def peer_address(peer: str) -> str:
 class _PeerRecordingServicer(FlowerServiceServicer):
     """Flower's servicer, recording the peer on the thread that registers the client."""
 
-    def Join(  # noqa: N802 (gRPC's method name)
+    def Join(
         self, request_iterator: Iterator[Any], context: grpc.ServicerContext
     ) -> Iterator[Any]:
         joining_from(peer_address(context.peer()))

@@ -18,27 +18,24 @@ import ssl
 import threading
 import time
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
 from server.socket.auth_cache import AuthCache
-from server.socket.connection_slots import Connection, ConnectionLimits, ConnectionSlots, peer_address
+from server.socket.connection_slots import (
+    Connection,
+    ConnectionLimits,
+    ConnectionSlots,
+    peer_address,
+)
 from server.socket.handlers import RequestHandlers
 from server.socket.rate_limits import RequestRateLimits
 from server.socket.read_cache import ReadCache
+from server.socket.replies import Reply, error_code
 from server.store import Store
 from server.store.records import SiteInfo
 from shared import framing
 from shared import protocol as p
-from shared.errors import (
-    AuthError,
-    FLError,
-    FrameTooLarge,
-    FramingError,
-    IllegalTransitionError,
-    NotFoundError,
-    ProtocolError,
-    ServerBusy,
-)
+from shared.errors import AuthError, FLError, FrameTooLarge, FramingError, ProtocolError
 from shared.settings import Settings
 from shared.tls import certificate_names, require_tls_beyond_loopback, server_tls
 
@@ -49,31 +46,6 @@ log = logging.getLogger(__name__)
 LINGER_SECONDS = 1.0
 #: How long a TLS handshake may take; it happens before a connection has a slot.
 TLS_HANDSHAKE_SECONDS = 10.0
-
-
-def error_code(exc: FLError) -> p.ErrorCode:
-    """The wire code of an error the server raised on purpose (most specific class first)."""
-    if isinstance(exc, AuthError):
-        return "auth"
-    if isinstance(exc, ServerBusy):
-        return "rate_limited"
-    if isinstance(exc, FrameTooLarge):
-        return "too_large"
-    if isinstance(exc, ProtocolError):
-        return "protocol"
-    if isinstance(exc, NotFoundError):
-        return "not_found"
-    if isinstance(exc, IllegalTransitionError):
-        return "illegal"
-    return "refused"
-
-
-class Reply(NamedTuple):
-    """An encoded reply and what it says about the frame it answers."""
-
-    frame: bytes
-    ok: bool
-    authenticated: bool
 
 
 class RequestServer:
