@@ -31,7 +31,7 @@ class ConnectionLimits:
     #: Connections that have not authenticated yet, from all addresses together.
     max_unauthenticated: int = 128
     #: ... and from one address.
-    max_unauthenticated_per_address: int = 16
+    max_unauthenticated_per_address: int = 32
     #: Seconds from accept to the first frame with a valid token.
     auth_deadline: float = 10.0
     #: Error replies an unauthenticated connection gets before it is closed.
