@@ -207,7 +207,7 @@ async def _attack_once(port: int, holder: dict[str, float], attack: AttackTally)
             writer.write(framing.encode_frame({}))
             reply = await asyncio.wait_for(framing.read_frame(reader, 1 << 20), 30)
             message = "" if reply is None else str(reply.get("error", {}).get("message", ""))
-            if reply is None or "closing" in message:
+            if reply is None or "closing" in message:  # hung up, or a farewell (deadline) frame
                 return "cut off"
             if "waiting to authenticate" in message or "at its limit" in message:
                 return "refused"

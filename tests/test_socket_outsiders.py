@@ -87,9 +87,7 @@ def test_an_unauthenticated_connection_is_closed_after_a_few_bad_frames(env: Env
     for index in range(limit):
         send(sock, {"id": index})
         assert recv(sock)["error"]["code"] == "protocol"  # type: ignore[index]
-    final = recv(sock)
-    assert final is not None and f"{limit} bad frames before authenticating" in final["error"]["message"]
-    assert recv(sock) is None
+    assert recv(sock) is None  # the last error reply was the answer; then the server hung up
     status_ok(env, env.raw())  # a site is not affected
 
 

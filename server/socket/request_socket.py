@@ -206,15 +206,15 @@ class RequestServer:
     async def _struck_out(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Any, connection: Connection
     ) -> bool:
-        """Count an error reply; close an unauthenticated connection that has had too many."""
+        """Count an error reply; hang up on an unauthenticated connection that has had too many.
+
+        No farewell frame: the error reply just sent is the peer's answer, and a client that
+        sends again reads the end of the stream (and reconnects), never a stray frame.
+        """
         if not self._slots.strike(connection):
             return False
-        count = connection.bad_frames
-        log.warning("closing %s: %d bad frames before authenticating", peer, count)
-        await self._close(
-            reader, writer, "protocol", f"{count} bad frames before authenticating; closing",
-            "Check the site name, the token and the message format, then reconnect.",
-        )
+        log.warning("closing %s: %d bad frames before authenticating", peer, connection.bad_frames)
+        await self._close(reader, writer, None)
         return True
 
     async def _answer(
@@ -288,14 +288,16 @@ class RequestServer:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        code: p.ErrorCode,
-        message: str,
-        hint: str,
+        code: p.ErrorCode | None,
+        message: str = "",
+        hint: str = "",
     ) -> None:
-        """Send a final error frame, half-close, drain the peer briefly, then close: a clean FIN."""
+        """Send a final error frame (unless ``code`` is None), half-close, drain the peer briefly,
+        then close: a clean FIN."""
         try:
-            writer.write(framing.encode_frame(p.error_reply(None, code, message, hint)))
-            await writer.drain()
+            if code is not None:
+                writer.write(framing.encode_frame(p.error_reply(None, code, message, hint)))
+                await writer.drain()
             if writer.can_write_eof():
                 writer.write_eof()
             await asyncio.wait_for(self._discard(reader), LINGER_SECONDS)
