@@ -88,9 +88,9 @@ class RequestServer:
         """Listen; returns once connections are accepted."""
         tls = server_tls(self._settings)
         require_tls_beyond_loopback(self._host, tls, self._settings.insecure, "the request socket")
+        context: ssl.SSLContext | None = tls.ssl_context() if tls is not None else None
         self._auth = AuthCache(self._store.authenticate, ttl=self._auth_ttl)
         self._cache = ReadCache(self._settings.database_url)
-        context: ssl.SSLContext | None = tls.ssl_context() if tls is not None else None
         self._server = await asyncio.start_server(
             self._serve_connection, self._host, self._requested_port, ssl=context,
             ssl_handshake_timeout=TLS_HANDSHAKE_SECONDS if context is not None else None,
