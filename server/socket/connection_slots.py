@@ -29,7 +29,7 @@ class ConnectionLimits:
     #: All open connections, authenticated or not.
     max_connections: int = 512
     #: Connections that have not authenticated yet, from all addresses together.
-    max_unauthenticated: int = 128
+    max_unauthenticated: int = 256
     #: ... and from one address.
     max_unauthenticated_per_address: int = 32
     #: Seconds from accept to the first frame with a valid token.
