@@ -1,7 +1,7 @@
 """Load test of the request socket: many concurrent sites polling their request's status.
 
 The server runs in its own process (a temporary SQLite store, real RequestServer on loopback,
-default connection limits), so its cost is not hidden behind the clients' share of the
+default connection limits unless the run needs more slots in all), so its cost is not hidden behind the clients' share of the
 interpreter lock. Each client connection belongs to one enrolled site, owns one request, and
 asks for its status in a closed loop for ``--seconds``; each site connects from its own
 loopback address (127.0.1.N), as sites do from their own hosts. Every reply is checked: right
@@ -100,7 +100,9 @@ def _commit_steadily(store: Store, rate: float, stop: threading.Event) -> None:
 
 async def _serve_until_told(store: Store, settings: Settings, plan: Plan, max_connections: int,
                             pipe: Connection) -> None:
-    limits = ConnectionLimits(max_connections=max(ConnectionLimits.max_connections, max_connections))
+    # Default limits, widened only when the run has more connections than they allow in all.
+    limits = ConnectionLimits(max_connections=max(ConnectionLimits.max_connections, max_connections),
+                              max_unauthenticated=max(ConnectionLimits.max_unauthenticated, max_connections // 2))
     server = RequestServer(store, settings, limits=limits)
     await server.start()
     pipe.send((server.port, plan))
@@ -216,7 +218,11 @@ async def _attack_once(port: int, holder: dict[str, float], attack: AttackTally)
                 attack.accepted += 1
                 attack.held_now += 1
                 attack.held_max = max(attack.held_max, attack.held_now)
-            await asyncio.sleep(ATTACK_INTERVAL_S)
+            try:  # idle until the next bad frame, but notice at once when the server hangs up
+                await asyncio.wait_for(framing.read_frame(reader, 1 << 20), ATTACK_INTERVAL_S)
+                return "cut off"  # the end of the stream, or a farewell frame
+            except asyncio.TimeoutError:
+                continue
         return "stopped"
     except (ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError):
         return "cut off"
