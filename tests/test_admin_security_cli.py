@@ -80,6 +80,7 @@ def test_audit_head_export_and_check(store: Store, tmp_path: Path, capsys: pytes
     code, out = run(capsys, "audit", "--against", str(head))
     assert code == 0 and "still holds row 2" in out
     with store._engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM audit_seals WHERE row_id >= 2")
         conn.exec_driver_sql("DELETE FROM audit_log WHERE id >= 2")
     code, out = run(capsys, "audit", "--against", str(head))
     assert code == 1 and "audit row 2 is missing" in out

@@ -1,4 +1,5 @@
-"""The audit trail as the store exposes it: append, verify the chain, list entries.
+"""The audit trail as the store exposes it: append, verify the chain (and, with the server key,
+its seals), export its head, list entries.
 """
 
 from __future__ import annotations

@@ -208,8 +208,23 @@ class Notification(Base):
     read_at: Mapped[datetime | None]
 
 
+class AuditSeal(Base):
+    """The server's seal on one audit row: ``mac = HMAC(audit key, row_hash)``.
+
+    The hash chain alone can be recomputed by anyone who can write the database; the seal can
+    only be made with the key in the server key file, which is not in the database.
+    """
+
+    __tablename__ = "audit_seals"
+
+    #: No foreign key: removing a row must not need its seal removed first; the check reports it.
+    row_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    mac: Mapped[str] = mapped_column(String(64))
+
+
 class AuditRow(Base):
-    """Append-only, keyed chain: ``row_hash = HMAC(audit key, prev_hash + canonical JSON of the row)``."""
+    """Append-only, hash-chained: ``row_hash = sha256(prev_hash + canonical JSON of the row)``,
+    each row sealed by an :class:`AuditSeal`."""
 
     __tablename__ = "audit_log"
 
