@@ -8,7 +8,6 @@ hosts.
 from __future__ import annotations
 
 import socket
-import statistics
 import time
 from pathlib import Path
 
@@ -176,9 +175,9 @@ def test_unknown_site_and_wrong_token_cost_the_same(store: Store, sites: dict[st
             store.authenticate(site, "not-the-token")
         return time.perf_counter() - started
 
-    unknown = statistics.median(seconds("nobody") for _ in range(5))
-    wrong = statistics.median(seconds("alpha") for _ in range(5))
-    assert 0.5 < unknown / wrong < 2.0, (unknown, wrong)
+    samples = [(seconds("nobody"), seconds("alpha")) for _ in range(7)]  # interleaved: same machine load
+    unknown, wrong = (min(column) for column in zip(*samples))  # the least disturbed run of each
+    assert 1 / 3 < unknown / wrong < 3, samples  # main: 0.4 ms vs 300 ms, a ratio of 1/750
 
 
 def test_a_rate_limited_site_is_told_so_after_authenticating(tmp_path: Path) -> None:
