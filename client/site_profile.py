@@ -34,6 +34,9 @@ class SiteProfile(BaseModel):
     backbone_weights: Path | None = None
     #: The federation's CA certificate (ca.pem) when the server uses TLS; None means plain TCP.
     tls_ca: Path | None = None
+    #: This site's own certificate and key, issued by the admin, when the server wants mutual TLS.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     #: Research/benchmark sites only: allow requests with noise_multiplier 0 (no DP, epsilon = inf).
     #: Such a run is still recorded in the ledger, which then reports an infinite total for good.
     allow_no_dp: bool = False
@@ -78,7 +81,8 @@ def load_profile(settings: Settings, site: str) -> SiteProfile:
     if not path.is_file():
         raise ConfigError(
             f"site '{site}' is not set up on this machine ({path} is missing)",
-            hint=f"Run: fl-client --site {site} setup --token TOKEN --data FOLDER",
+            hint=f"Run: fl-client --site {site} setup --token-file FILE --data FOLDER "
+            "(or leave out --token-file to be asked for the token)",
         )
     try:
         return SiteProfile.model_validate(json.loads(path.read_text(encoding="utf-8")))

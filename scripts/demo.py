@@ -122,7 +122,10 @@ def set_up_sites(demo: Demo) -> None:
               "(epsilon 10 at delta 1e-5, composed over all its training).")
     weights = ("--backbone-weights", str(demo.backbone)) if demo.backbone else ()
     for site in SITES:
-        demo.show("fl-client", "--site", site, "setup", "--token", demo.tokens[site], "--data",
+        token_file = demo.home / f"{site}.token"  # as a site would keep it: owner-only, never on argv
+        token_file.touch(mode=0o600)
+        token_file.write_text(demo.tokens[site] + "\n")
+        demo.show("fl-client", "--site", site, "setup", "--token-file", str(token_file), "--data",
                   str((demo.data / "sites" / site).resolve()), "--server", f"127.0.0.1:{demo.request_port}",
                   *weights)
 

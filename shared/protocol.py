@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -22,6 +23,7 @@ from pydantic import (
 )
 
 from shared.errors import ProtocolError
+from shared.plain_text import strip_control
 
 ErrorCode = Literal[
     "auth", "protocol", "too_large", "not_found", "illegal", "refused", "rate_limited", "internal"
@@ -76,7 +78,8 @@ class SubmitRequest(_Message):
     rounds: Annotated[int, Field(ge=1, le=1000)]
     local_epochs: Annotated[int, Field(ge=1, le=100)]
     dp: DpSpec
-    note: Annotated[str, StringConstraints(max_length=500)] = ""
+    #: Free text for the admin: control and invisible format characters are stripped on arrival.
+    note: Annotated[str, StringConstraints(max_length=500), AfterValidator(strip_control)] = ""
 
 
 class RequestStatus(_Message):

@@ -45,9 +45,17 @@ class Settings(BaseSettings):
     image_size: int = Field(224, ge=32, le=1024)
     log_level: str = "INFO"
 
+    #: One TLS setting for both listeners (request socket and Flower sessions): a certificate
+    #: and its key turn TLS on for both; the CA is what sites trust, and what mutual TLS checks
+    #: site certificates against. See ``shared.tls.server_tls``.
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    tls_client_auth: bool = Field(False, description="Mutual TLS: sites present a certificate for their name.")
+    insecure: bool = Field(False, description="Allow a non-loopback bind without TLS (tokens in clear).")
+    group_readable: bool = Field(False, description="DB and versions 0640/0750 for analysts; keys stay 0600.")
+    key_file: Path = Field(Path(), description="Server key (audit HMAC, session secrets); empty: home/keys.")
+    max_pending_requests: int = Field(20, ge=1, le=10_000, description="PENDING requests one site may queue.")
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:
@@ -58,6 +66,12 @@ class Settings(BaseSettings):
             object.__setattr__(self, "versions_dir", self.home / "versions")
         if self.sites_dir == Path():
             object.__setattr__(self, "sites_dir", self.home / "sites")
+        if self.key_file == Path():
+            object.__setattr__(self, "key_file", self.home / "keys" / "server.key")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both FL_TLS_CERT and FL_TLS_KEY (or neither)")
+        if self.tls_client_auth and (self.tls_ca is None or self.tls_cert is None):
+            raise ValueError("mutual TLS (FL_TLS_CLIENT_AUTH) needs FL_TLS_CA, FL_TLS_CERT and FL_TLS_KEY")
         return self
 
     @property

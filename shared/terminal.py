@@ -12,8 +12,10 @@ import os
 
 from rich.console import Console, ConsoleDimensions
 from rich.table import Table
+from rich.text import Text
 
 from shared.errors import FLError
+from shared.plain_text import strip_control
 
 #: Width of output that goes to a pipe or a file when ``COLUMNS`` is not set.
 PIPE_COLUMNS = 100
@@ -54,6 +56,12 @@ def print_unwrapped(console: Console, text: str) -> None:
     """A line that holds a path (or other text that must survive copy and paste): printed as
     is, never wrapped or folded by Rich, never read as markup."""
     console.print(text, soft_wrap=True, markup=False, highlight=False)
+
+
+def untrusted(text: str) -> Text:
+    """Text a site (or a client's log line) chose, for a Rich table or print: shown literally,
+    never parsed as markup, and without control characters (see ``shared.plain_text``)."""
+    return Text(strip_control(text))
 
 
 def narrow_table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Table:

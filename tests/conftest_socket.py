@@ -24,9 +24,9 @@ CAP = 4096  # small frame cap so oversized frames and multi-chunk downloads are 
 class Env:
     """A store with two enrolled sites and a running request socket."""
 
-    def __init__(self, tmp: Path, **server_options: Any) -> None:
+    def __init__(self, tmp: Path, settings_overrides: dict[str, Any] | None = None, **server_options: Any) -> None:
         self.settings: Settings = load_settings(
-            home=tmp, request_port=0, max_frame_bytes=CAP, download_chunk_bytes=1024
+            home=tmp, request_port=0, max_frame_bytes=CAP, download_chunk_bytes=1024, **(settings_overrides or {})
         )
         self.store = Store.open(self.settings)
         self.tokens = {site: self.store.enrol_site(site) for site in ("alpha", "beta")}
@@ -38,9 +38,9 @@ class Env:
             "127.0.0.1", self.port, site, token or self.tokens[site], max_frame_bytes=CAP, timeout=10, **kw
         )
 
-    def raw(self) -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-        return sock
+    def raw(self, source: str = "127.0.0.1") -> socket.socket:
+        """A plain TCP connection from ``source`` (another loopback address plays an outsider)."""
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10, source_address=(source, 0))
 
     def close(self) -> None:
         self.thread.stop()

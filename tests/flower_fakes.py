@@ -36,13 +36,15 @@ class ScriptedClient(NumPyClient):
         return 0.7, self.examples, {"site": self.site, "session_secret": self.secret, "accuracy": 0.6}
 
 
-def run_in_thread(port: int, client: ScriptedClient, root_certificates: bytes | None = None) -> threading.Thread:
+def run_in_thread(port: int, client: ScriptedClient, root_certificates: bytes | None = None,
+                  host: str = "127.0.0.1") -> threading.Thread:
+    """Run the client against ``host:port`` (``host="[::1]"`` connects over IPv6 loopback)."""
     wait_until_listening("127.0.0.1", port, timeout_s=30)
     transport = {"root_certificates": root_certificates} if root_certificates else {"insecure": True}
 
     def serve() -> None:
         try:
-            start_client(server_address=f"127.0.0.1:{port}", client=client.to_client(), **transport)
+            start_client(server_address=f"{host}:{port}", client=client.to_client(), **transport)
         except grpc.RpcError as exc:  # the session ended (or failed) while this client waited
             client.connection_error = exc
 

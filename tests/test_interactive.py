@@ -234,7 +234,7 @@ def test_admin_and_two_hospitals_through_their_menus(world: dict) -> None:
 
     intruder = spawn("client.menu.cli", ["--site", "north"], "intruder", "intruder")
     _set_up(intruder, "not-the-token", root / "sites" / "north")
-    intruder.expect("wrong token for site 'north'")
+    intruder.expect("unknown site or wrong token")
     intruder.expect("hint:")
     intruder.pick("9")
     assert intruder.finish() == 0

@@ -146,13 +146,14 @@ def test_corrupt_file_on_the_server_is_detected(env: Env, tmp_path: Path) -> Non
 # ----------------------------------------------------------------- authentication and isolation
 
 
-def test_unknown_site_and_wrong_token(env: Env) -> None:
-    with env.connect("gamma", token="whatever") as gamma, pytest.raises(AuthError, match="unknown site 'gamma'"):
+def test_unknown_site_and_wrong_token_get_one_answer(env: Env) -> None:
+    with env.connect("gamma", token="whatever") as gamma, pytest.raises(AuthError) as unknown:
         gamma.list_requests()
     with env.connect("alpha", token="wrong") as alpha:
-        with pytest.raises(AuthError, match="wrong token for site 'alpha'") as caught:
+        with pytest.raises(AuthError) as wrong:
             alpha.list_requests()
-        assert caught.value.hint
+    assert str(unknown.value) == str(wrong.value) == "unknown site or wrong token"
+    assert unknown.value.hint == wrong.value.hint and wrong.value.hint
     sock = env.raw()
     send(sock, {**frame(env), "type": "list_requests", "token": "wrong", "id": 9})
     reply = recv(sock)

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from client.federation.socket_client import SiteConnection
+from server.socket.connection_slots import ConnectionLimits
 from server.socket.handlers import RequestHandlers
 from server.socket.rate_limits import RequestRateLimits
 from shared import framing
@@ -28,8 +29,9 @@ from tests.conftest_socket import CAP, DP, Env, frame, recv, send, status_ok
 # ----------------------------------------------------------------- bad frames
 
 
-def test_malformed_and_schema_invalid_frames_keep_the_connection(env: Env) -> None:
+def test_malformed_and_schema_invalid_frames_keep_an_authenticated_connection(env: Env) -> None:
     sock = env.raw()
+    status_ok(env, sock)  # authenticated: bad frames are answered, never a reason to close
     send(sock, struct.pack(">I", 7) + b"{oops!}")
     reply = recv(sock)
     assert reply is not None and reply["id"] is None and reply["error"]["code"] == "protocol"
@@ -40,6 +42,8 @@ def test_malformed_and_schema_invalid_frames_keep_the_connection(env: Env) -> No
     assert "rounds" in reply["error"]["message"]
     send(sock, struct.pack(">I", 2) + b"\xff\xff")
     assert recv(sock)["error"]["code"] == "protocol"  # type: ignore[index]
+    send(sock, frame(env, type="list_requests", token="wrong"))
+    assert recv(sock)["error"]["code"] == "auth"  # type: ignore[index]
     status_ok(env, sock)
 
 
@@ -72,7 +76,7 @@ def test_truncated_frame_gets_an_error_then_a_clean_close(env: Env) -> None:
 
 
 def test_slow_frame_times_out_and_the_client_reconnects(tmp_path: Path) -> None:
-    env = Env(tmp_path, frame_timeout=0.3)
+    env = Env(tmp_path, limits=ConnectionLimits(frame_timeout=0.3))
     try:
         sock = env.raw()
         send(sock, struct.pack(">I", 50) + b"{")
@@ -88,7 +92,7 @@ def test_slow_frame_times_out_and_the_client_reconnects(tmp_path: Path) -> None:
 
 
 def test_connection_cap(tmp_path: Path) -> None:
-    env = Env(tmp_path, max_connections=2)
+    env = Env(tmp_path, limits=ConnectionLimits(max_connections=2))
     try:
         held = [env.raw(), env.raw()]
         for sock in held:

@@ -156,7 +156,7 @@ def test_tables_fit_an_80_column_pipe(north: Server, capsys: pytest.CaptureFixtu
 def test_wrong_token_is_named(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     run(capsys, "setup", "--token", "not-the-token", "--data", str(server.data), "--server", f":{server.port}")
     code, out = run(capsys, "requests")
-    assert code == 1 and "wrong token for site 'north'" in out and "hint:" in out
+    assert code == 1 and "unknown site or wrong token" in out and "hint:" in out
 
 
 def test_unreachable_server_is_named_with_what_to_do(server: Server, capsys: pytest.CaptureFixture[str]) -> None:

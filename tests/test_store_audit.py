@@ -1,11 +1,12 @@
-"""Audit chain (verify, edited and removed rows) and site tokens (hashed, salted, checked)."""
+"""Audit chain (verify, edited and removed rows; sealed with the server key, with an exported head:
+issue 14 item 6) and site tokens (hashed, salted, checked)."""
 
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
-from server.store import Store
+from server.store import Store, audit_chain
 from server.store import tokens as site_tokens
 from server.store.audit_chain import GENESIS_HASH, canonical_json
 from shared.errors import AuthError, DuplicateError, StoreError
@@ -96,9 +97,9 @@ def test_store_keeps_only_the_hash_and_authenticates(store: Store, sites: dict) 
     for name, token in sites.items():
         assert token not in stored[name]
         assert store.authenticate(name, token).name == name
-    with pytest.raises(AuthError, match="wrong token for site 'alpha'"):
+    with pytest.raises(AuthError, match="^unknown site or wrong token$"):
         store.authenticate("alpha", sites["beta"])
-    with pytest.raises(AuthError, match="unknown site 'x'"):
+    with pytest.raises(AuthError, match="^unknown site or wrong token$"):
         store.authenticate("x", sites["alpha"])
     store.disable_site("gamma")
     with pytest.raises(AuthError, match="disabled"):
@@ -131,3 +132,73 @@ def test_notifications_are_per_site_and_acknowledged(store: Store, sites: dict) 
     assert [n.message for n in store.notifications("alpha", unread_only=True)] == ["two"]
     assert store.notifications("beta", unread_only=True)[0].read_at is None
     assert store.acknowledge("alpha", [mine[0].id]) == 0
+
+
+# ----------------------------------------------------------------- sealed chain and exported head
+
+
+def _rechain(store: Store, edit: dict[int, dict], seal_key: bytes | None = None) -> None:
+    """What someone with write access to the DB does: edit rows, recompute every hash after them
+    (the probe's attack), and with ``seal_key`` also re-seal every row with that key."""
+    from server.store.models import AuditRow, AuditSeal
+
+    with store._write() as session:
+        prev = GENESIS_HASH
+        for row in session.scalars(select(AuditRow).order_by(AuditRow.id)):
+            if row.id in edit:
+                row.detail = edit[row.id]
+            row.prev_hash = prev
+            row.row_hash = audit_chain.row_hash(prev, row.id, row.at, row.actor, row.action, row.detail)
+            if seal_key is not None:
+                session.get(AuditSeal, row.id).mac = audit_chain.seal(seal_key, row.row_hash)
+            prev = row.row_hash
+
+
+def test_an_edited_and_rechained_log_fails_without_the_key(store: Store, sites: dict) -> None:
+    """The probe: editing a row and re-chaining the hashes passed ``fl-server audit``."""
+    forged = {2: {"site": "mallory", "budget_epsilon": 1e9, "budget_delta": 1e-5}}
+    _rechain(store, forged)
+    verdict = store.verify_audit()
+    assert not verdict.ok and verdict.first_bad_row_id == 2 and "without the server key" in verdict.message
+    _rechain(store, forged, seal_key=b"a guessed key of thirty-two bytes")
+    verdict = store.verify_audit()
+    assert not verdict.ok and verdict.first_bad_row_id == 1 and "seal" in verdict.message
+
+
+def test_analysts_check_the_chain_and_are_told_the_seals_are_the_admins(store_settings, store: Store,
+                                                                        sites: dict) -> None:
+    analyst = Store.open(store_settings, readonly=True)
+    try:
+        verdict = analyst.verify_audit()
+        assert verdict.ok and "fl-server audit" in verdict.message
+        with store._engine.begin() as conn:
+            conn.execute(text("UPDATE audit_log SET actor = 'mallory' WHERE id = 2"))
+        assert analyst.verify_audit().first_bad_row_id == 2  # a plain edit shows without the key
+    finally:
+        analyst.close()
+
+
+def test_an_exported_head_reveals_a_cut_or_a_rewrite_with_the_key(store: Store, sites: dict) -> None:
+    head = store.audit_head()
+    assert head.row_id == 3 and store.verify_audit(head).ok
+    store.audit("admin", "later", {})
+    assert store.verify_audit(head).ok  # rows after the head are fine
+    _rechain(store, {1: {"site": "alpha", "budget_epsilon": 1e9, "budget_delta": 1e-5}}, seal_key=store._keys.audit)
+    assert store.verify_audit().ok  # whoever holds the key can re-chain and re-seal ...
+    verdict = store.verify_audit(head)  # ... but not match a head kept elsewhere
+    assert not verdict.ok and verdict.first_bad_row_id == 3 and "does not match the exported head" in verdict.message
+    with store._engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_seals WHERE row_id >= 3"))
+        conn.execute(text("DELETE FROM audit_log WHERE id >= 3"))
+    verdict = store.verify_audit(head)
+    assert not verdict.ok and "audit row 3 is missing" in verdict.message
+
+
+def test_the_audit_key_is_not_in_the_database(store_settings, store: Store, sites: dict) -> None:
+    if "sqlite" not in store_settings.database_url:
+        pytest.skip("reads the SQLite file")
+    key = store._keys.audit
+    db = store_settings.home / "fl.db"
+    for path in (db, db.with_name("fl.db-wal")):
+        assert key not in path.read_bytes()
+    assert store_settings.key_file.parent != db.parent

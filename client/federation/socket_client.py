@@ -85,9 +85,12 @@ class SiteConnection:
         timeout: float = 30.0,
         max_frame_bytes: int = 1 << 20,
         tls_ca: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
     ) -> None:
         self.host, self.port, self.site = host, port, site
         self.tls_ca = tls_ca
+        self._client_certificate = {"cert": tls_cert, "key": tls_key}  # mutual TLS, when the server asks
         self._token = token
         self._timeout = timeout
         self._max_frame = max_frame_bytes
@@ -275,7 +278,8 @@ class SiteConnection:
                 ) from None
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.tls_ca is not None:
-                self._sock = wrap_client_socket(self._sock, self.tls_ca, self.host, self.port)
+                self._sock = wrap_client_socket(self._sock, self.tls_ca, self.host, self.port,
+                                                **self._client_certificate)
         return self._sock
 
     def _drop(self) -> None:

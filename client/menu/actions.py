@@ -47,7 +47,7 @@ def setup_site(settings: Settings, **fields: Any) -> SiteProfile:
 
 def connect(profile: SiteProfile, *, timeout: float = 30.0) -> SiteConnection:
     return SiteConnection(profile.server_host, profile.server_port, profile.site, profile.token, timeout=timeout,
-                          tls_ca=profile.tls_ca)
+                          tls_ca=profile.tls_ca, tls_cert=profile.tls_cert, tls_key=profile.tls_key)
 
 
 def dataset_summary(profile: SiteProfile) -> DatasetScan:

@@ -31,7 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     setup_parser = commands.add_parser("setup", help="save this site's server, token, data folder and budget")
-    setup_parser.add_argument("--token", required=True)
+    token = setup_parser.add_mutually_exclusive_group()
+    token.add_argument("--token-file", type=Path, help="file holding the token ('-': standard input); "
+                       "without it the token is asked for, or read from piped standard input")
+    token.add_argument("--token", help="the token itself (discouraged: it shows in the process list)")
     setup_parser.add_argument("--data", type=Path, required=True,
                               help="folder with glioma/ meningioma/ notumor/ pituitary/")
     setup_parser.add_argument("--server", default="127.0.0.1:9090", help="request socket host:port")
@@ -39,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     setup_parser.add_argument("--budget-delta", type=float, default=1e-5)
     setup_parser.add_argument("--backbone-weights", type=Path, help="local ResNet50 weights file (.h5)")
     setup_parser.add_argument("--tls-ca", type=Path, help="the federation's ca.pem when the server uses TLS")
+    setup_parser.add_argument("--tls-cert", type=Path, help="this site's certificate, when the server wants mutual TLS")
+    setup_parser.add_argument("--tls-key", type=Path, help="the key of --tls-cert")
 
     request = commands.add_parser("request", help="send a training request")
     request.add_argument("--rounds", type=int, default=3)

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from client.menu import actions as site_actions
 from client.menu import views
+from client.menu.token_input import read_token
 from client.menu.training_display import TrainingDisplay
 from client.site_profile import SiteProfile
 from shared.errors import UsageError
@@ -36,11 +37,13 @@ def parse_server(text: str) -> tuple[str, int]:
 
 def setup(args: argparse.Namespace, settings: Settings) -> int:
     host, port = parse_server(args.server)
+    token = read_token(args.token, args.token_file)
     with console.status("checking every image ..."):
         profile = site_actions.setup_site(
-            settings, site=args.site, token=args.token, data_root=args.data, server_host=host, server_port=port,
+            settings, site=args.site, token=token, data_root=args.data, server_host=host, server_port=port,
             budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta,
-            backbone_weights=args.backbone_weights, tls_ca=args.tls_ca)
+            backbone_weights=args.backbone_weights, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+            tls_key=args.tls_key)
     print_setup(console, profile)
     return 0
 

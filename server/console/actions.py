@@ -76,11 +76,13 @@ def reject(store: Store, request_id: int | str, reason: str) -> RequestInfo:
     return store.reject_request(request_id, reason=reason.strip())
 
 
-def disable_site(store: Store, site: str, server: RequestServer | None = None) -> None:
-    """Disable a site; an in-process request socket forgets its cached login at once."""
-    store.disable_site(site)
+def disable_site(store: Store, site: str, server: RequestServer | None = None) -> int:
+    """Disable a site and revoke its live session secrets (returns how many); an in-process
+    request socket forgets its cached login at once."""
+    revoked = store.disable_site(site)
     if server is not None:
         server.forget_site(site)
+    return revoked
 
 
 def session_progress(store: Store, *, active_only: bool) -> list[SessionProgress]:

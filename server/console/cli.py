@@ -13,14 +13,18 @@ from pathlib import Path
 
 from server.console.commands import COMMANDS, console
 from server.store import Store
+from server.store.file_modes import restrict_umask
 from shared.cli_types import add_verbose_option, version_number
 from shared.program import Program
 from shared.settings import load_settings
+from shared.tls import require_tls_for_listeners
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fl-server", description="Admin of the federation. "
                                      "Without a command: the interactive admin console.")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow listening beyond loopback without TLS (tokens and weights in clear)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     _model_options(commands.add_parser("init", help="create the store and the initial model v0"))
@@ -33,7 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     enrol.add_argument("site")
     enrol.add_argument("--budget-epsilon", type=float, default=10.0)
     enrol.add_argument("--budget-delta", type=float, default=1e-5)
-    commands.add_parser("disable", help="disable a site").add_argument("site")
+    enrol.add_argument("--issue-cert", type=Path, metavar="CA_DIR",
+                       help="also issue the site's client certificate (mutual TLS) with the CA in CA_DIR")
+    commands.add_parser("disable", help="disable a site and revoke its live session secrets").add_argument("site")
+    commands.add_parser("enable", help="re-enable a disabled site").add_argument("site")
+    commands.add_parser("rotate-token", help="give a site a new token; the old one stops working").add_argument("site")
     commands.add_parser("sites", help="enrolled sites")
 
     listing = commands.add_parser("requests", help="training requests")
@@ -76,7 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     cleanup = commands.add_parser("cleanup", help="delete old weight files (dry run unless --yes)")
     cleanup.add_argument("--keep", type=int, default=5)
     cleanup.add_argument("--yes", action="store_true")
-    commands.add_parser("audit", help="verify the audit log's hash chain")
+    audit = commands.add_parser("audit", help="verify the audit log's hash chain and its keyed seals")
+    audit.add_argument("--export-head", type=Path, metavar="FILE",
+                       help="after a good check, write the newest row's hash to FILE (keep it elsewhere)")
+    audit.add_argument("--against", type=Path, metavar="FILE",
+                       help="also check that the log still holds the head exported to FILE")
     _analyst_token_options(commands.add_parser(
         "analyst-token", help="dashboard tokens for analysts (fl-history web off loopback)"))
     add_verbose_option(parser, commands)
@@ -104,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, program: Program) -> int:
-    settings = load_settings()
+    settings = load_settings(**({"insecure": True} if args.insecure else {}))
+    if args.command in (None, "serve", "approve"):  # both listeners, checked before anything starts
+        require_tls_for_listeners(settings)
+    if args.command in (None, "serve"):  # the long-running server: its logs and files 0600 (0640)
+        restrict_umask(settings)
     menu = args.command is None  # the console's screen belongs to the menu; logs go to a file only
     program.log_to(settings.home / "logs" / ("admin-console.log" if menu else "fl-server.log"),
                    level=settings.log_level, console_logs=not menu)

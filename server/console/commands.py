@@ -6,11 +6,14 @@ Every handler returns the exit status; errors are ``FLError`` and ``cli.main`` p
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from server.console import actions, views
 from server.console.monitor import watch
@@ -19,9 +22,11 @@ from server.history.queries import version_details
 from server.sessions.manager import ApprovalOptions, SessionEvent, SessionManager
 from server.socket.request_socket import RequestServerThread
 from server.store import Store
+from server.store.audit_chain import AuditHead
 from server.store.lifecycle import RequestState, SessionState
 from server.store.records import SessionInfo
-from shared.errors import SessionFailedError
+from shared.certificates import issue_site_certificate
+from shared.errors import SessionFailedError, UsageError
 from shared.progress import ProgressDisplay
 from shared.settings import Settings
 from shared.terminal import make_console, print_unwrapped
@@ -37,8 +42,9 @@ def model_choice(args: argparse.Namespace, settings: Settings) -> actions.ModelC
 
 
 def event_notice(event: SessionEvent) -> str:
-    """One line about a session that ended (``serve`` prints it, the console queues it)."""
-    return f"session {event.session_id} {event.state.lower()}" + (f": {event.detail}" if event.detail else "")
+    """One line about a session that ended (``serve`` prints it, the console queues it), as Rich
+    markup with the detail escaped: it may quote session log lines, i.e. text a client chose."""
+    return f"session {event.session_id} {event.state.lower()}" + (f": {escape(event.detail)}" if event.detail else "")
 
 
 def _init(args: argparse.Namespace, store: Store, settings: Settings) -> int:
@@ -73,20 +79,38 @@ def _serve(args: argparse.Namespace, store: Store, settings: Settings) -> int:
 def _enrol(args: argparse.Namespace, store: Store, settings: Settings) -> int:
     token = store.enrol_site(args.site, budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta)
     print_token(console, args.site, token)
+    if args.issue_cert is not None:
+        site_cert = issue_site_certificate(args.issue_cert, args.site)
+        console.print(f"client certificate {site_cert.cert} and key {site_cert.key} (give both to {args.site} only; "
+                      f"the site adds --tls-cert and --tls-key to its setup)", markup=False)
     return 0
 
 
-def print_token(out: Console, site: str, token: str) -> None:
-    """The token once, and the set-up line with ``--token=`` (a token may start with '-')."""
-    out.print(f"enrolled {site}. Its token (shown only now, give it to the site):")
+def print_token(out: Console, site: str, token: str, *, verb: str = "enrolled") -> None:
+    """The token once, and the set-up line, which reads the token from a prompt, not from argv."""
+    out.print(f"{verb} {site}. Its token (shown only now, give it to the site):")
     out.print(f"token: {token}", markup=False, soft_wrap=True)
-    out.print(f"the site runs: fl-client --site {site} setup --token={token} --data FOLDER", markup=False,
-              soft_wrap=True)
+    out.print(f"the site runs: fl-client --site {site} setup --data FOLDER (and types or pipes the token; "
+              "--token-file FILE reads it from a file)", markup=False, soft_wrap=True)
 
 
 def _disable(args: argparse.Namespace, store: Store, settings: Settings) -> int:
-    actions.disable_site(store, args.site)
-    console.print(f"site {args.site} disabled (a running server refuses it within 30 s)")
+    revoked = actions.disable_site(store, args.site)
+    console.print(f"site {args.site} disabled (a running server refuses it within 30 s); "
+                  f"its secret in {revoked} live session(s) revoked")
+    return 0
+
+
+def _enable(args: argparse.Namespace, store: Store, settings: Settings) -> int:
+    store.enable_site(args.site)
+    console.print(f"site {args.site} enabled again (sessions it was revoked from stay closed to it)")
+    return 0
+
+
+def _rotate_token(args: argparse.Namespace, store: Store, settings: Settings) -> int:
+    token = store.rotate_token(args.site)
+    print_token(console, args.site, token, verb="new token for")
+    console.print("the old token stops working at once here, within 30 s on a running server")
     return 0
 
 
@@ -213,8 +237,18 @@ def _cleanup(args: argparse.Namespace, store: Store, settings: Settings) -> int:
 
 
 def _audit(args: argparse.Namespace, store: Store, settings: Settings) -> int:
-    verdict = store.verify_audit()
-    console.print(("[green]" if verdict.ok else "[red]") + verdict.message)
+    """Verify the keyed chain; ``--against FILE`` also checks a head exported earlier is still
+    there, ``--export-head FILE`` writes today's head (after a successful check) for safekeeping."""
+    expected = _read_head(args.against) if args.against else None
+    verdict = store.verify_audit(expected)
+    console.print(("[green]" if verdict.ok else "[red]") + escape(verdict.message))
+    if args.against and verdict.ok:
+        console.print(f"the log still holds row {expected.row_id} as exported in {args.against}", markup=False)
+    if args.export_head and verdict.ok:
+        head = store.audit_head()
+        args.export_head.write_text(json.dumps(head.as_json(), indent=2) + "\n")
+        console.print(f"head (row {head.row_id}) written to {args.export_head}: keep a copy off this machine",
+                      markup=False)
     return 0 if verdict.ok else 1
 
 
@@ -231,8 +265,17 @@ def _analyst_token(args: argparse.Namespace, store: Store, settings: Settings) -
     return 0
 
 
+def _read_head(path: Path) -> AuditHead:
+    try:
+        return AuditHead.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path} is not an exported audit head: {exc}",
+                         hint="Use a file written by `fl-server audit --export-head FILE`.") from None
+
+
 COMMANDS: dict[str, Handler] = {
-    "init": _init, "serve": _serve, "enrol": _enrol, "disable": _disable, "sites": _sites,
+    "init": _init, "serve": _serve, "enrol": _enrol, "disable": _disable, "enable": _enable,
+    "rotate-token": _rotate_token, "sites": _sites,
     "requests": _requests, "approve": _approve, "reject": _reject, "requeue": _requeue,
     "sessions": _sessions, "stop": _stop, "history": _history, "stats": _stats, "versions": _versions,
     "version": _version, "export": _export, "rollback": _rollback, "cleanup": _cleanup, "audit": _audit,

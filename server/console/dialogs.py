@@ -23,6 +23,7 @@ from server.store.records import RequestInfo, VersionInfo
 from shared import prompts
 from shared.errors import NotFoundError
 from shared.interrupts import deferred_interrupt
+from shared.plain_text import strip_control
 
 
 @dataclass
@@ -54,7 +55,7 @@ def approve(ctx: AdminContext) -> None:
 
 
 def _request_title(r: RequestInfo) -> str:
-    note = f" - {r.note}" if r.note else ""
+    note = f" - {strip_control(r.note)}" if r.note else ""  # a choice label is printed raw
     return f"{r.label} {r.site}: {r.rounds} round(s) x {r.local_epochs} epoch(s), {views.dp_text(r.dp)}{note}"
 
 

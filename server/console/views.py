@@ -29,7 +29,7 @@ from server.store.records import (
     SessionInfo,
     SiteInfo,
 )
-from shared.terminal import narrow_table
+from shared.terminal import narrow_table, untrusted
 
 
 def _when(value: Any) -> str:
@@ -45,7 +45,7 @@ def requests_table(requests: list[RequestInfo], title: str = "Training requests"
     table = narrow_table(title, "req", "site", "state", "rnd", "ep", "privacy", "sess", "decided", "note / reason")
     for r in requests:
         table.add_row(r.label, r.site, r.state.value, str(r.rounds), str(r.local_epochs), dp_text(r.dp),
-                      str(r.session_id or ""), _when(r.decided_at), r.reason or r.note)
+                      str(r.session_id or ""), _when(r.decided_at), untrusted(r.reason or r.note))
     return table
 
 
@@ -60,7 +60,7 @@ def sessions_table(progress: list[SessionProgress], title: str = "Sessions") -> 
         table.add_row(str(s.id), s.state.value, ", ".join(s.participants), str(s.port or ""),
                       f"{len(done)} of {s.config.get('rounds', '?')}",
                       percent(done[-1].metrics.get("accuracy") if done else None), f"v{s.base_version}",
-                      f"v{s.version_number}" if s.version_number is not None else "", s.reason)
+                      f"v{s.version_number}" if s.version_number is not None else "", untrusted(s.reason))
     return table
 
 

@@ -1,7 +1,8 @@
 """Training sessions: one Flower FedProx server process per approval.
 
 ``manager`` takes a port, spawns ``python -m server.sessions.process ID`` in its own process
-group and settles it when it ends; ``runtime`` runs the Flower server inside that process with
+group and settles it when it ends; ``runtime`` runs the Flower server inside that process
+(``grpc_listener``: Flower's servicer, told each peer's address, messages capped to the model) with
 ``admission`` (only sites that prove their per-session secret join), the strategies
 (``fedprox``: validate and average; ``secure_fedprox`` with ``secure_aggregation``: only the
 masked sum), ``update_validation`` and, at commit, the staleness ``merge``. ``initial_model``

@@ -242,14 +242,15 @@ class SessionManager:
         return events
 
     def _settle(self, session_id: int, returncode: int | None) -> SessionEvent:
-        reason = f"session process {_describe_exit(returncode)}"
-        tail = self._log_tail(session_id)
-        if tail:
-            reason += f": {tail}"
-        self._end_if_active(session_id, SessionState.FAILED, reason)
+        """End a session whose process is gone. The stored reason reaches the sites, so it never
+        quotes the session log (which holds client-chosen text and server internals); the log's
+        last lines go only to the admin's notice."""
+        reason = f"session process {_describe_exit(returncode)} (the admin has the session log)"
+        ended_here = self._end_if_active(session_id, SessionState.FAILED, reason)
         session = self.store.get_session(session_id)
         detail = session.reason or (f"v{session.version_number}" if session.version_number is not None else "")
-        return SessionEvent(session_id, str(session.state.value), detail)
+        tail = self._log_tail(session_id) if ended_here else ""
+        return SessionEvent(session_id, str(session.state.value), f"{detail}: {tail}" if tail else detail)
 
     def _log_tail(self, session_id: int) -> str:
         path = self.session_log(session_id)

@@ -23,19 +23,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from server.sessions.runtime import run_session
     from server.store import Store
+    from server.store.file_modes import restrict_umask
     from shared.errors import FLError
     from shared.logging_setup import configure_logging
     from shared.settings import load_settings
-    from shared.tls import flower_certificates, warn_if_exposed
+    from shared.tls import require_tls_beyond_loopback, server_tls
 
     settings = load_settings()
+    restrict_umask(settings)  # whoever started it: the session's files are state files too
     configure_logging(settings.log_level)
     host = args.host or settings.session_host
-    tls = settings.tls_ca and settings.tls_cert and settings.tls_key
-    certificates = flower_certificates(settings.tls_ca, settings.tls_cert, settings.tls_key) if tls else None
-    warn_if_exposed(host, certificates is not None, f"session {args.session_id}'s Flower server")
     store = Store.open(settings)
     try:
+        tls = server_tls(settings)
+        require_tls_beyond_loopback(host, tls, settings.insecure, f"session {args.session_id}'s Flower server")
+        certificates = tls.flower_certificates() if tls is not None else None
         run_session(store, args.session_id, port=args.port, host=host, certificates=certificates)
     except FLError as exc:
         print(f"session {args.session_id} failed: {exc}", file=sys.stderr)

@@ -15,10 +15,10 @@ from typing import Any
 
 from flwr.server.server import Server, run_fl
 from flwr.server.server_config import ServerConfig
-from flwr.server.superlink.fleet.grpc_bidi.grpc_server import start_grpc_server
 
 from server.sessions.admission import AdmissionClientManager
 from server.sessions.fedprox import AdmittedFedProx
+from server.sessions.grpc_listener import message_cap, start_session_server
 from server.sessions.merge import staleness_merge
 from server.sessions.secure_fedprox import SecureFedProx
 from server.store import Store
@@ -86,9 +86,10 @@ def run_session(
         join_timeout_s=options.join_timeout_s,
         on_reject=strategy.on_reject,
     )
-    grpc_server = start_grpc_server(
-        client_manager=client_manager,
-        server_address=f"{host}:{port}",
+    grpc_server = start_session_server(
+        client_manager,
+        f"{host}:{port}",
+        max_message_length=message_cap(strategy.global_weights),
         certificates=certificates,
     )
     log.info("session %d: Flower server on %s:%d", session_id, host, port)
@@ -102,6 +103,7 @@ def run_session(
         raise
     finally:
         grpc_server.stop(grace=1)
+        client_manager.close()
     version = store.commit_session_result(
         session_id,
         strategy.global_weights,

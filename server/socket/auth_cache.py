@@ -5,8 +5,9 @@ that for every status query would cap the socket at a few dozen requests per sec
 successful check the cache keeps a keyed BLAKE2b digest of (site, token), never the token
 itself, and later frames are compared in constant time. An entry lives ``ttl`` seconds, so a
 disabled site or a rotated token stops working within that time even if nobody calls
-:meth:`AuthCache.forget`. Failed checks are never cached: every wrong token pays for scrypt,
-and checks run on a small dedicated thread pool, so a flood of bad tokens can neither occupy the
+:meth:`AuthCache.forget`. Failed checks are never cached: every wrong token pays for scrypt
+(and the caller may charge it to the sender, see ``before_check``), and checks run on a small
+dedicated thread pool, so a flood of bad tokens can neither occupy the
 threads that answer other queries nor leave a 16 MiB scrypt arena behind in every one of them.
 """
 
@@ -51,8 +52,14 @@ class AuthCache(Generic[Info]):
         self._inflight: dict[tuple[str, bytes], asyncio.Future[Info]] = {}
         self._pool = ThreadPoolExecutor(max_concurrent_checks, thread_name_prefix="auth-check")
 
-    async def authenticate(self, site: str, token: str) -> Info:
-        """The site's info when ``token`` is right; re-raises the verifier's error otherwise."""
+    async def authenticate(
+        self, site: str, token: str, *, before_check: Callable[[], None] | None = None
+    ) -> Info:
+        """The site's info when ``token`` is right; re-raises the verifier's error otherwise.
+
+        ``before_check`` runs only when a new scrypt check is about to start (not for a cache
+        hit, nor for a frame that joins a check already running); it may raise to refuse it.
+        """
         digest = self._digest(site, token)
         entry = self._entries.get(site)
         if (
@@ -64,6 +71,8 @@ class AuthCache(Generic[Info]):
         key = (site, digest)
         pending = self._inflight.get(key)
         if pending is None:  # one scrypt check however many frames arrive with the same pair
+            if before_check is not None:
+                before_check()
             pending = asyncio.ensure_future(self._check(site, token, digest))
             self._inflight[key] = pending
             pending.add_done_callback(lambda done: self._finished(key, done))

@@ -49,6 +49,7 @@ class RequestHandlers:
             local_epochs=m.local_epochs,
             dp=m.dp.model_dump(exclude_none=True),
             note=m.note,
+            max_pending=self._settings.max_pending_requests,
         )
         return p.RequestView.model_validate(info)
 

@@ -1,9 +1,15 @@
-"""Request-rate limits of the request socket: per connection and per site.
+"""Request-rate limits of the request socket: per connection, per address, per site.
 
 One misbehaving client (a loop without sleep, a token-guessing script) must not starve the
-others or the admin's console, so each connection and each site name gets a moving-window
-budget; a frame over budget is answered with a ``rate_limited`` error and the connection stays
-open. The per-site budget counts frames before authentication, which also slows token guessing.
+others or the admin's console, so budgets are moving windows:
+
+- per connection, every frame;
+- per address, every token check that costs scrypt (cache misses: first logins, wrong tokens),
+  so guessing from one address is slow and cannot monopolise the check threads;
+- per site, frames *after* authentication, so only a site's own programs spend its budget (a
+  stranger sending wrong tokens in its name spends the stranger's address budget instead).
+
+A frame over budget is answered with a ``rate_limited`` error and the connection stays open.
 """
 
 from __future__ import annotations
@@ -20,10 +26,17 @@ from shared.errors import ServerBusy
 class RequestRateLimits:
     """Moving-window limits such as ``"200/second"`` (the ``limits`` library's notation)."""
 
-    def __init__(self, *, per_connection: str = "500/second", per_site: str = "2000/second") -> None:
+    def __init__(
+        self,
+        *,
+        per_connection: str = "500/second",
+        per_site: str = "2000/second",
+        auth_checks_per_address: str = "10/second",
+    ) -> None:
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
         self._per_connection: RateLimitItem = parse(per_connection)
         self._per_site: RateLimitItem = parse(per_site)
+        self._checks_per_address: RateLimitItem = parse(auth_checks_per_address)
         self._connection_ids = count(1)
 
     def new_connection(self) -> str:
@@ -37,7 +50,16 @@ class RequestRateLimits:
                 hint="Slow down: wait a second before the next request.",
             )
 
+    def check_address(self, address: str) -> None:
+        """Charge one token check (scrypt) to ``address``."""
+        if not self._limiter.hit(self._checks_per_address, "address", address):
+            raise ServerBusy(
+                f"more than {self._checks_per_address} token checks from {address}",
+                hint="Slow down: check the site name and token before retrying.",
+            )
+
     def check_site(self, site: str) -> None:
+        """Charge one authenticated frame to ``site``."""
         if not self._limiter.hit(self._per_site, "site", site):
             raise ServerBusy(
                 f"more than {self._per_site} requests for site '{site}'",

@@ -2,8 +2,10 @@
 
 Owns: the engine and its write lock (``engine``), the typed ORM models (``models``) and the
 frozen records callers receive (``records``), the request/session state machines
-(``lifecycle``), the hash-chained audit log (``audit_chain``), site tokens (``tokens``), the
-versions folder (``weight_files``), and the ``Store`` facade (``facade``), composed of one class
+(``lifecycle``), the keyed hash-chained audit log (``audit_chain``), site tokens (``tokens``),
+the server key file and its sub-keys (``server_key``), session secrets derived from it
+(``session_secrets``), the modes of state files (``file_modes``), the versions folder
+(``weight_files``), and the ``Store`` facade (``facade``), composed of one class
 per concern: ``sites``, ``requests``, ``sessions``, ``versions``, ``cleanup``,
 ``notifications``, ``audit``.
 

@@ -1,4 +1,5 @@
-"""The audit trail as the store exposes it: append, verify the chain, list entries.
+"""The audit trail as the store exposes it: append, verify the chain (and, with the server key,
+its seals), export its head, list entries.
 """
 
 from __future__ import annotations
@@ -25,9 +26,15 @@ class AuditStore(StoreBase):
         with self._write() as session:
             audit_chain.append(session, actor, action, detail)
 
-    def verify_audit(self) -> AuditVerdict:
+    def verify_audit(self, expected_head: audit_chain.AuditHead | None = None) -> AuditVerdict:
+        """Check the keyed chain; with a head exported earlier, also that it is still in the log."""
         with self._read() as session:
-            return audit_chain.verify_chain(session)
+            return audit_chain.verify_chain(session, expected_head)
+
+    def audit_head(self) -> audit_chain.AuditHead:
+        """The newest row's id and hash, to keep outside the server (see ``fl-server audit``)."""
+        with self._read() as session:
+            return audit_chain.head(session)
 
     def audit_trail(self, *, action: str | None = None, actor: str | None = None) -> list[AuditEntry]:
         """Audit rows oldest first, optionally of one action or actor (for the admin and tests)."""

@@ -72,14 +72,21 @@ def open_readonly(url: str | URL) -> Engine:
 
 
 class Database:
-    """An engine and the two ways into it: read transactions and one-at-a-time writes."""
+    """An engine and the two ways into it: read transactions and one-at-a-time writes.
 
-    def __init__(self, engine: Engine, *, readonly: bool) -> None:
+    ``session_info`` is put in every session's ``info`` (the store passes the audit key there,
+    so the audit chain gets it without every caller handing it on).
+    """
+
+    def __init__(
+        self, engine: Engine, *, readonly: bool, session_info: dict[str, Any] | None = None
+    ) -> None:
         self.engine = engine
         self.readonly = readonly
-        self._reader = sessionmaker(engine, expire_on_commit=False)
+        info = dict(session_info or {})
+        self._reader = sessionmaker(engine, expire_on_commit=False, info=info)
         self._writer = sessionmaker(
-            engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
+            engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False, info=info
         )
 
     @contextmanager

@@ -121,10 +121,11 @@ class FlSession(Base):
 
 
 class SessionMember(Base):
-    """A request approved into a session, with that site's session secret.
+    """A request approved into a session, with the nonce of that site's session secret.
 
-    The secret is stored in plain text because the site must fetch it later through the
-    authenticated socket; it is only valid for this one session and is wiped when it ends.
+    ``secret`` holds a random nonce, not the secret: the secret is an HMAC of the nonce under
+    the server key (``server.store.session_secrets``), so the database alone cannot join a
+    session. The nonce is wiped when the session ends or the site is disabled.
     """
 
     __tablename__ = "session_members"
@@ -207,8 +208,23 @@ class Notification(Base):
     read_at: Mapped[datetime | None]
 
 
+class AuditSeal(Base):
+    """The server's seal on one audit row: ``mac = HMAC(audit key, row_hash)``.
+
+    The hash chain alone can be recomputed by anyone who can write the database; the seal can
+    only be made with the key in the server key file, which is not in the database.
+    """
+
+    __tablename__ = "audit_seals"
+
+    #: No foreign key: removing a row must not need its seal removed first; the check reports it.
+    row_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    mac: Mapped[str] = mapped_column(String(64))
+
+
 class AuditRow(Base):
-    """Append-only, hash-chained: ``row_hash = sha256(prev_hash + canonical JSON of the row)``."""
+    """Append-only, hash-chained: ``row_hash = sha256(prev_hash + canonical JSON of the row)``,
+    each row sealed by an :class:`AuditSeal`."""
 
     __tablename__ = "audit_log"
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from server.store import audit_chain
 from server.store.audit_chain import json_safe
@@ -44,9 +45,14 @@ class RequestStore(StoreBase):
     """Training requests from sites, from PENDING to a decision."""
 
     def submit_request(
-        self, site: str, *, rounds: int, local_epochs: int, dp: dict[str, Any], note: str = ""
+        self, site: str, *, rounds: int, local_epochs: int, dp: dict[str, Any], note: str = "",
+        max_pending: int | None = None,
     ) -> RequestInfo:
-        """Queue a site's training request as PENDING; nothing trains until the admin approves."""
+        """Queue a site's training request as PENDING; nothing trains until the admin approves.
+
+        With ``max_pending``, a site that already has that many PENDING requests is refused
+        (checked inside the write transaction, so concurrent submits cannot overshoot).
+        """
         if rounds < 1 or local_epochs < 1:
             raise StoreError(
                 f"rounds and local_epochs must be at least 1 (got {rounds}, {local_epochs})"
@@ -58,6 +64,8 @@ class RequestStore(StoreBase):
                 raise AuthError(
                     f"site '{site}' is disabled", hint="Ask the admin to re-enable the site."
                 )
+            if max_pending is not None:
+                _refuse_past_pending_cap(session, site, max_pending)
             row = Request(
                 site=site,
                 state=RequestState.PENDING,
@@ -150,3 +158,15 @@ class RequestStore(StoreBase):
             audit_chain.append(session, actor, "requeue_request", {"request": label})
             return request_info(row)
 
+
+def _refuse_past_pending_cap(session: Session, site: str, max_pending: int) -> None:
+    pending = session.scalar(
+        select(func.count()).select_from(Request).where(
+            Request.site == site, Request.state == RequestState.PENDING
+        )
+    )
+    if pending is not None and pending >= max_pending:
+        raise IllegalTransitionError(
+            f"site '{site}' already has {pending} pending requests (the limit is {max_pending})",
+            hint="Wait for the admin to decide, or cancel a pending request first.",
+        )

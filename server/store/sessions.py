@@ -1,19 +1,19 @@
 """Sessions: approval of requests into one session, its members' secrets, per-round metrics,
 its ending, and the settling of sessions a crashed server left behind.
 
-A member's secret exists only while the session is live; ending a session wipes it.
+A member's secret exists only while the session is live; ending a session (or disabling the
+site) wipes the nonce it is derived from. The database never holds a usable secret
+(:mod:`server.store.session_secrets`).
 """
 
 from __future__ import annotations
 
-import hmac
-import secrets
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import select
 
-from server.store import audit_chain
+from server.store import audit_chain, session_secrets
 from server.store.audit_chain import json_safe
 from server.store.base import StoreBase
 from server.store.lifecycle import (
@@ -89,7 +89,7 @@ class SessionStore(StoreBase):
                 row.decided_at, row.decided_by, row.session_id = now, actor, fl.id
                 fl.members.append(
                     SessionMember(
-                        request_id=row.id, site=row.site, secret=secrets.token_urlsafe(32)
+                        request_id=row.id, site=row.site, secret=session_secrets.new_nonce()
                     )
                 )
                 add_notification(
@@ -124,23 +124,20 @@ class SessionStore(StoreBase):
             if member is None:
                 raise AuthError(f"site '{site}' is not approved for session {session_id}")
             if member.secret is None:
-                raise AuthError(f"session {session_id} has ended; its secrets are gone")
-            return member.secret
+                raise AuthError(
+                    f"session {session_id} has ended or site '{site}' was disabled; its secret is gone"
+                )
+            return session_secrets.derive(self._keys.session, session_id, site, member.secret)
 
     def verify_session_secret(self, session_id: int, site: str, secret: str) -> bool:
         """Constant-time check that ``secret`` is ``site``'s secret for a live session."""
         with self._read() as session:
-            stored = session.scalar(
+            nonce = session.scalar(
                 select(SessionMember.secret).where(
                     SessionMember.session_id == session_id, SessionMember.site == site
                 )
             )
-        if stored is None:
-            hmac.compare_digest(
-                secret.encode(), secret.encode()
-            )  # same work whether or not it exists
-            return False
-        return hmac.compare_digest(stored.encode(), secret.encode())
+        return session_secrets.matches(self._keys.session, session_id, site, nonce, secret)
 
     def mark_session_running(self, session_id: int, *, port: int, pid: int) -> SessionInfo:
         with self._write() as session:

@@ -1,6 +1,9 @@
 """Enrolled sites: names, salted token hashes, privacy budgets, the enabled flag.
 
-A token is shown once at enrolment and only its scrypt hash is kept (:mod:`server.store.tokens`).
+A token is shown once at enrolment (or rotation) and only its scrypt hash is kept
+(:mod:`server.store.tokens`). A failed login says the same thing, after the same work, whether
+the site is unknown or the token wrong. Disabling a site also revokes its secrets in live
+sessions, so it is out of a running session from the next admission or result check.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ from sqlalchemy import select
 from server.store import audit_chain
 from server.store import tokens as site_tokens
 from server.store.base import StoreBase
+from server.store.lifecycle import LIVE_SESSION_STATES
 from server.store.models import (
+    FlSession,
+    SessionMember,
     Site,
     utcnow,
 )
@@ -32,6 +38,9 @@ from shared.errors import (
 )
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: One answer for an unknown site and a wrong token, so an outsider cannot list enrolled names.
+LOGIN_FAILED = "unknown site or wrong token"
+LOGIN_HINT = "Check the site name and the token the admin gave you (fl-client setup saves them)."
 
 
 class SiteStore(StoreBase):
@@ -82,19 +91,45 @@ class SiteStore(StoreBase):
         with self._read() as session:
             row = session.get(Site, site)
             if row is None:
-                raise AuthError(f"unknown site '{site}'")
+                site_tokens.burn_like_verify(token)
+                raise AuthError(LOGIN_FAILED, hint=LOGIN_HINT)
             if not site_tokens.verify_token(token, row.token_hash):
-                raise AuthError(f"wrong token for site '{site}'")
+                raise AuthError(LOGIN_FAILED, hint=LOGIN_HINT)
             if not row.enabled:
                 raise AuthError(
                     f"site '{site}' is disabled", hint="Ask the admin to re-enable the site."
                 )
             return site_info(row)
 
-    def disable_site(self, name: str, *, actor: str = "admin") -> None:
+    def disable_site(self, name: str, *, actor: str = "admin") -> int:
+        """Disable a site and revoke its secrets in live sessions; returns how many were revoked."""
         with self._write() as session:
             site_row(session, name).enabled = False
-            audit_chain.append(session, actor, "disable_site", {"site": name})
+            members = session.scalars(
+                select(SessionMember)
+                .join(FlSession, FlSession.id == SessionMember.session_id)
+                .where(SessionMember.site == name, FlSession.state.in_(LIVE_SESSION_STATES))
+            ).all()
+            revoked = [m.session_id for m in members if m.secret is not None]
+            for member in members:
+                member.secret = None
+            audit_chain.append(session, actor, "disable_site", {"site": name, "revoked_sessions": revoked})
+            return len(revoked)
+
+    def enable_site(self, name: str, *, actor: str = "admin") -> None:
+        """Let a disabled site log in again (its revoked session secrets stay revoked)."""
+        with self._write() as session:
+            site_row(session, name).enabled = True
+            audit_chain.append(session, actor, "enable_site", {"site": name})
+
+    def rotate_token(self, name: str, *, actor: str = "admin") -> str:
+        """Replace a site's token; the old one stops working. Returns the new one (shown once)."""
+        token = site_tokens.new_token()
+        token_hash = site_tokens.hash_token(token)
+        with self._write() as session:
+            site_row(session, name).token_hash = token_hash
+            audit_chain.append(session, actor, "rotate_token", {"site": name})
+        return token
 
     def get_site(self, name: str) -> SiteInfo:
         with self._read() as session:

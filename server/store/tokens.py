@@ -49,6 +49,22 @@ def verify_token(token: str, stored: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
+#: A stored form no token matches (random digest), with the parameters real hashes use.
+_DUMMY_HASH = (
+    f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}"
+    f"${secrets.token_bytes(SALT_BYTES).hex()}${secrets.token_bytes(DIGEST_BYTES).hex()}"
+)
+
+
+def burn_like_verify(token: str) -> None:
+    """Spend what :func:`verify_token` spends, for a site that does not exist.
+
+    "Unknown site" and "wrong token" then take the same time, so response timing does not
+    tell an outsider which site names are enrolled.
+    """
+    verify_token(token, _DUMMY_HASH)
+
+
 def _scrypt(token: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(
         token.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=DIGEST_BYTES, maxmem=64 << 20
