@@ -44,9 +44,13 @@ class RequestStore(StoreBase):
     """Training requests from sites, from PENDING to a decision."""
 
     def submit_request(
-        self, site: str, *, rounds: int, local_epochs: int, dp: dict[str, Any], note: str = ""
+        self, site: str, *, rounds: int, local_epochs: int, dp: dict[str, Any], note: str = "",
+        declaration: dict[str, Any] | None = None,
     ) -> RequestInfo:
-        """Queue a site's training request as PENDING; nothing trains until the admin approves."""
+        """Queue a site's training request as PENDING; nothing trains until the admin approves.
+
+        ``declaration``: the site's example count and budget (``protocol.DataDeclaration``).
+        """
         if rounds < 1 or local_epochs < 1:
             raise StoreError(
                 f"rounds and local_epochs must be at least 1 (got {rounds}, {local_epochs})"
@@ -64,6 +68,7 @@ class RequestStore(StoreBase):
                 rounds=rounds,
                 local_epochs=local_epochs,
                 dp=json_safe(dp),
+                declaration=json_safe(declaration or {}),
                 note=note,
                 created_at=utcnow(),
                 reason="",
