@@ -34,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     setup_parser.add_argument("--budget-delta", type=float, default=1e-5)
     setup_parser.add_argument("--backbone-weights", type=Path, help="local ResNet50 weights file (.h5)")
     setup_parser.add_argument("--tls-ca", type=Path, help="the federation's ca.pem when the server uses TLS")
+    setup_parser.add_argument("--count-public", action="store_true",
+                              help="send the exact training-image count (default: rounded up to a bucket)")
+    setup_parser.add_argument("--slices-per-patient", type=int,
+                              help="most MRI slices of one patient; views then show patient-level epsilon")
 
     request = commands.add_parser("request", help="send a training request")
     request.add_argument("--rounds", type=int, default=3)

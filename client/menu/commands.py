@@ -37,7 +37,7 @@ def setup(args: argparse.Namespace, settings: Settings) -> int:
     profile = site_actions.setup_site(
         settings, site=args.site, token=args.token, data_root=args.data, server_host=host, server_port=port,
         budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta, backbone_weights=args.backbone_weights,
-        tls_ca=args.tls_ca)
+        tls_ca=args.tls_ca, count_public=args.count_public, max_slices_per_patient=args.slices_per_patient)
     print_setup(console, profile)
     return 0
 
