@@ -15,6 +15,7 @@ from rich.console import Console
 from server.console import actions, views
 from server.console.monitor import watch
 from server.console.statistics import statistics
+from server.history.privacy_views import ledger_view
 from server.history.queries import version_details
 from server.sessions.manager import ApprovalOptions, SessionEvent, SessionManager
 from server.socket.request_socket import RequestServerThread
@@ -68,7 +69,8 @@ def _serve(args: argparse.Namespace, store: Store, settings: Settings) -> int:
 
 
 def _enrol(args: argparse.Namespace, store: Store, settings: Settings) -> int:
-    token = store.enrol_site(args.site, budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta)
+    token = store.enrol_site(args.site, budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta,
+                             allow_no_dp=args.allow_no_dp)
     print_token(console, args.site, token)
     return 0
 
@@ -120,6 +122,7 @@ def _approve(args: argparse.Namespace, store: Store, settings: Settings) -> int:
     manager = SessionManager(store, settings)
     session = actions.approve(manager, args.requests, options)
     console.print(approved_text(session, manager))
+    console.print(views.approval_view(session, store.privacy_charges(session_id=session.id)))
     if not args.wait:
         return 0
     session = manager.wait(session.id)
@@ -166,6 +169,11 @@ def _stats(args: argparse.Namespace, store: Store, settings: Settings) -> int:
     return 0
 
 
+def _privacy(args: argparse.Namespace, store: Store, settings: Settings) -> int:
+    console.print(ledger_view(store.privacy_charges(), store.list_sites()))
+    return 0
+
+
 def _versions(args: argparse.Namespace, store: Store, settings: Settings) -> int:
     console.print(views.versions_table(store.list_versions()))
     return 0
@@ -206,6 +214,7 @@ def _audit(args: argparse.Namespace, store: Store, settings: Settings) -> int:
 COMMANDS: dict[str, Handler] = {
     "init": _init, "serve": _serve, "enrol": _enrol, "disable": _disable, "sites": _sites,
     "requests": _requests, "approve": _approve, "reject": _reject, "requeue": _requeue,
-    "sessions": _sessions, "stop": _stop, "history": _history, "stats": _stats, "versions": _versions,
+    "sessions": _sessions, "stop": _stop, "history": _history, "stats": _stats, "privacy": _privacy,
+    "versions": _versions,
     "version": _version, "export": _export, "rollback": _rollback, "cleanup": _cleanup, "audit": _audit,
 }

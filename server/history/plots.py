@@ -47,7 +47,7 @@ def rounds_figure(rows: list[RoundRow]) -> Figure:
 
 
 def epsilon_figure(contributions: list[SiteContribution]) -> Figure:
-    """Each site's composed epsilon after every fit round it took part in, over time."""
+    """Each site's composed epsilon (server ledger, PLD) after every session it was charged for, over time."""
     fig = Figure(figsize=(8, 4), layout="constrained")
     axes = fig.subplots()
     for c in contributions:
@@ -55,7 +55,7 @@ def epsilon_figure(contributions: list[SiteContribution]) -> Figure:
         if finite:
             axes.plot([p.recorded_at for p in finite], [p.epsilon_total for p in finite], marker="o",
                       label=c.site + (" (also trained without DP)" if c.without_dp else ""))
-    axes.set(xlabel="time of report", ylabel="epsilon spent (composed total)",
+    axes.set(xlabel="time of approval", ylabel="epsilon spent (composed total, PLD)",
              title="Privacy spent per site over time")
     if axes.get_legend_handles_labels()[0]:
         axes.legend(fontsize="small")
