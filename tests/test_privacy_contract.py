@@ -13,7 +13,7 @@ import pytest
 from server.sessions.privacy_plan import plan_sites, privacy_summary, session_rounds
 from server.store import Store
 from shared.errors import ConfigError, PrivacyBudgetExceeded, StoreError
-from shared.privacy_accounting import DpSchedule, compose, epsilon_for, event_from_json, spend
+from shared.privacy_accounting import DpSchedule, compose, epsilon_for, spend
 from tests.conftest_socket import Env
 from tests.conftest_store import make_weights
 from tests.flower_fakes import ScriptedClient, free_port, run_in_thread, serve_session
@@ -52,16 +52,9 @@ def test_each_sites_schedule_follows_from_its_declared_count_and_request(store: 
     assert 0.99 * 2.0 <= epsilon_for(beta.session_event(2), DELTA) <= 2.0  # target met via PLD calibration
     assert session.config["sites"]["beta"]["schedule"] == beta.to_dict()
     charged = {c.site: c for c in store.privacy_charges(session_id=session.id)}
-    assert event_from_json_of(store, "beta") == beta.session_event(2)
+    assert charged["beta"].event == beta.session_event(2)
     assert charged["beta"].epsilon == pytest.approx(epsilon_for(beta.session_event(2), DELTA))
     assert charged["beta"].epsilon_rdp > charged["beta"].epsilon  # RDP beside it, the looser bound
-
-
-def event_from_json_of(store: Store, site: str):
-    from server.store.models import PrivacyCharge
-
-    with store._read() as db:  # noqa: SLF001 (the stored event itself, not a figure derived from it)
-        return event_from_json(db.query(PrivacyCharge).filter_by(site=site).one().event_json)
 
 
 def test_a_joint_session_never_trains_a_site_more_rounds_or_epochs_than_it_asked(store: Store, sites: dict,
@@ -97,7 +90,7 @@ def test_approvals_compose_in_the_ledger_and_one_past_the_budget_is_refused_with
     with pytest.raises(PrivacyBudgetExceeded) as refused:
         _approve(store, [second])
     message = str(refused.value)
-    event = event_from_json_of(store, "tight")
+    event = charge.event
     total = spend(compose([event, event]), DELTA)
     assert f"would reach epsilon {total.epsilon:.3f}" in message and f"RDP {total.epsilon_rdp:.3f}" in message
     assert "effective budget epsilon 4" in message and "enrolment budget 4" in message

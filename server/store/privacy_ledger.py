@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.store.models import FlSession, PrivacyCharge, Request, Site, utcnow
+from server.store.models import FlSession, PrivacyCharge, Site, utcnow
 from server.store.records import ChargeInfo, PlannedCharge, SessionInfo, request_label
 from server.store.rows import request_row, site_row
 from server.store.sessions import SessionStore
@@ -102,16 +102,6 @@ class PrivacyLedgerStore(SessionStore):
         with self._read() as session:
             return [_charge_info(row) for row in session.scalars(query)]
 
-    def site_spent(self, site: str) -> PrivacySpend | None:
-        """Every charge of ``site`` composed at its effective delta (None: nothing charged yet)."""
-        with self._read() as session:
-            rows = _site_charges(session, site)
-            if not rows:
-                return None
-            request = session.get(Request, rows[-1].request_id)
-            budget = effective_budget(site_row(session, site), request.declaration if request else {})
-            return spend(compose([event_from_json(r.event_json) for r in rows]), budget.delta)
-
 
 def _site_charges(session: Session, site: str) -> list[PrivacyCharge]:
     return list(session.scalars(select(PrivacyCharge).where(PrivacyCharge.site == site).order_by(PrivacyCharge.id)))
@@ -164,5 +154,5 @@ def _charge_info(row: PrivacyCharge) -> ChargeInfo:
         schedule=dict(row.schedule), rounds=row.rounds, examples=row.examples, delta=row.delta,
         budget_epsilon=row.budget_epsilon, epsilon=row.epsilon, epsilon_rdp=row.epsilon_rdp,
         total_epsilon=row.total_epsilon, total_epsilon_rdp=row.total_epsilon_rdp,
-        slices_per_patient=row.slices_per_patient, created_at=row.created_at,
+        slices_per_patient=row.slices_per_patient, created_at=row.created_at, event=event_from_json(row.event_json),
     )

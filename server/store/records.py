@@ -190,3 +190,4 @@ class ChargeInfo:
     total_epsilon_rdp: float | None
     slices_per_patient: int | None
     created_at: datetime
+    event: Any = None  # the session's DpEvent (dp_accounting), as charged
