@@ -37,6 +37,7 @@ pytestmark = pytest.mark.slow
 
 SITES = ("north", "south")
 DP = {"noise_multiplier": 1.0, "delta": 1e-5, "l2_norm_clip": 1.0}
+BUDGET = 100.0
 FAST = ApprovalOptions(rounds=2, local_epochs=1, batch_size=8, learning_rate=0.1, join_timeout_s=180)
 
 
@@ -76,13 +77,13 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
     split_dataset(root / "sample", root / "sites", list(SITES), mode="iid", seed=1)
     store = Store.open(settings)
     ensure_initial_version(store, image_size=32)
-    tokens = {site: store.enrol_site(site) for site in SITES}
+    tokens = {site: store.enrol_site(site, budget_epsilon=BUDGET) for site in SITES}  # several sessions each
     manager = SessionManager(store, settings, poll_interval_s=0.2)
     manager.start()
     with RequestServerThread(store, settings) as server:
         for site in SITES:
             setup_site(settings, site=site, token=tokens[site], data_root=root / "sites" / site,
-                       server_port=server.port)
+                       server_port=server.port, budget_epsilon=BUDGET)
         yield Federation(settings, store, manager, server.port, tokens, root)
     manager.shutdown(stop_running=True)
     store.close()

@@ -182,7 +182,7 @@ def test_plots_have_the_right_axes_and_one_line_per_version_or_site(history: Sto
     assert _labels(epsilon) == [("time of approval", "epsilon spent (composed total, PLD)")]
     assert len(epsilon.axes[0].get_lines()) == 3
     study = history_plots.privacy_utility_figure(history_plots.load_study(_study(tmp_path / "s.json")))
-    assert _labels(study) == [("target epsilon per site (log scale)", "final validation accuracy")]
+    assert _labels(study) == [("target epsilon per site (log scale)", "final accuracy (held-out)")]
     assert study.axes[0].get_xscale() == "log"
 
 

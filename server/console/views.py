@@ -30,6 +30,7 @@ from server.store.records import (
     SessionInfo,
     SiteInfo,
 )
+from shared.privacy_accounting import IMAGE_UNIT
 from shared.terminal import narrow_table
 
 
@@ -87,8 +88,8 @@ def live_sessions_table(progress: list[SessionProgress]) -> Table:
 
 def approval_view(session: SessionInfo, charges: list[ChargeInfo]) -> Table:
     """What each site of a new session will train and what the server's ledger charged for it."""
-    table = narrow_table(f"Session {session.id}: DP schedules sent (server ledger)", "site", "rounds", "epochs",
-                         "images", "sigma", "q", "steps", "eps session", "eps total", "budget")
+    table = narrow_table(f"Session {session.id}: DP schedules sent (server ledger; {IMAGE_UNIT}; PLD)", "site",
+                         "rounds", "epochs", "images", "sigma", "q", "steps", "eps session", "eps total", "budget")
     plans = session.config.get("sites", {})
     for c in charges:
         plan, s = plans.get(c.site, {}), c.schedule
