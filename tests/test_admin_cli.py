@@ -76,6 +76,22 @@ def test_enrol_shows_the_token_once_and_refuses_a_duplicate(store: Store, capsys
     assert code == 1 and "already enrolled" in out
 
 
+def test_only_the_admin_grants_training_without_dp(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = run(capsys, "enrol", "bench", "--allow-no-dp")
+    assert code == 0 and store.get_site("bench").allow_no_dp and not store.get_site("north").allow_no_dp
+    code, out = run(capsys, "sites")
+    assert code == 0 and "allowed" in next(line for line in out.splitlines() if "bench" in line)
+
+
+def test_privacy_shows_the_servers_ledger_with_its_unit(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    completed_session(store)
+    code, out = run(capsys, "privacy")
+    charge = store.privacy_charges(site="north")[0]
+    assert code == 0 and "Privacy spent per site" in out and "Privacy ledger (server)" in out
+    assert f"{charge.total_epsilon:.3f}" in out and f"{charge.total_epsilon_rdp:.3f}" in out
+    assert "add/remove one image" in out.replace("\n", " ") and "PLD" in out
+
+
 def test_disable_and_sites(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "disable", "south")[0] == 0
     code, out = run(capsys, "sites")
@@ -179,7 +195,7 @@ def test_versions_and_version_details(store: Store, capsys: pytest.CaptureFixtur
 
 def test_versions_fit_an_80_column_pipe(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
     completed_session(store)
-    for command in (("versions",), ("requests",), ("history",), ("stats",), ("version", "1")):
+    for command in (("versions",), ("requests",), ("history",), ("stats",), ("version", "1"), ("privacy",)):
         _, out = run(capsys, *command)
         assert max(len(line) for line in out.splitlines()) <= 80, command
 

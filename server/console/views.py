@@ -133,10 +133,10 @@ def _eps(value: float | None) -> str:
 
 
 def sites_table(sites: list[SiteInfo]) -> Table:
-    table = narrow_table("Sites", "site", "enabled", "budget eps", "delta", "enrolled")
+    table = narrow_table("Sites", "site", "enabled", "budget eps", "delta", "no DP", "enrolled")
     for s in sites:
         table.add_row(s.name, "yes" if s.enabled else "no", f"{s.budget_epsilon:g}", f"{s.budget_delta:g}",
-                      _when(s.created_at))
+                      "allowed" if s.allow_no_dp else "", _when(s.created_at))
     return table
 
 
