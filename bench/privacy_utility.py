@@ -5,11 +5,12 @@ learning rate, same v0) run through the real system: request socket and session 
 process, a Flower session process, and one ``fl-client --site X train REQ`` process per site. Each
 level gets a fresh home (store and privacy ledgers), so no level's spend limits another's.
 
-"No DP" is an explicit path, never a default: the sites are set up with ``allow_no_dp`` and
-request ``noise_multiplier: 0`` (per-example clipping stays, no noise, epsilon = infinity).
+"No DP" is an explicit path, never a default: the admin enrols the sites with ``allow_no_dp`` and
+they request ``noise_multiplier: 0`` (per-example clipping stays, no noise, epsilon = infinity).
 
-Prints a table of final validation accuracy (the sessions' own metric, on each site's 20%
-validation split) and held-out test accuracy per level, writes ``privacy_utility.json`` (for
+Sessions send no validation metrics in the clear, so each level's final weights are scored on
+held-out images no site saw. Prints a table of that accuracy, the noise the server chose and
+the epsilon its ledger charged per level, writes ``privacy_utility.json`` (for
 ``fl-history plot --study``) and ``privacy_utility.png``, the total time, and ends with
 ``privacy_utility_acc_eps8 X``.
 
@@ -58,11 +59,9 @@ BACKBONE = Path(f"data/backbone/resnet50-synthetic-{IMAGE_SIZE}.h5")
 class LevelResult:
     epsilon: float | None  # the target per site; None = no DP
     label: str
-    accuracy: float  # final validation accuracy recorded by the session
-    loss: float
-    holdout_accuracy: float
-    noise_multiplier: float  # as the sites calibrated it (the same for all three here)
-    spent: dict[str, float | None]  # epsilon each site reported (None: no finite epsilon)
+    accuracy: float  # the final weights on the held-out images
+    noise_multiplier: float  # as the server calibrated it (the largest of the three sites)
+    spent: dict[str, float | None]  # epsilon the server's ledger charged each site (None: no finite epsilon)
     seconds: float
 
 
@@ -112,7 +111,7 @@ def run_level(epsilon: float | None, home: Path, sites_root: Path, args: argpars
                              image_size=IMAGE_SIZE, log_level="WARNING")
     store = Store.open(settings)
     ensure_initial_version(store, image_size=IMAGE_SIZE, seed=0, weights=backbone)
-    tokens = {site: store.enrol_site(site) for site in SITES}
+    tokens = {site: store.enrol_site(site, allow_no_dp=epsilon is None) for site in SITES}
     manager = SessionManager(store, settings, poll_interval_s=0.2)
     manager.start()
     trainers: list[subprocess.Popen[bytes]] = []
@@ -121,7 +120,7 @@ def run_level(epsilon: float | None, home: Path, sites_root: Path, args: argpars
             requests = {}
             for site in SITES:
                 profile = setup_site(settings, site=site, token=tokens[site], data_root=sites_root / site,
-                                     server_port=server.port, backbone_weights=backbone, allow_no_dp=epsilon is None)
+                                     server_port=server.port, backbone_weights=backbone)
                 requests[site] = request_training(profile, rounds=args.rounds, local_epochs=args.local_epochs,
                                                   dp=_dp(epsilon, args.clip), note=_label(epsilon)).label
             trainers += [_train(settings, s, r, home / f"{s}.log") for s, r in requests.items()]
@@ -153,22 +152,19 @@ def holdout_accuracy(store: Store, number: int, holdout: Path, backbone: Path | 
 
 def level_result(epsilon: float | None, store: Store, number: int, seconds: float, holdout: float) -> LevelResult:
     v = store.get_version(number)
-    evaluate = v.metrics["evaluate"]
     noise = max(float(report.get("noise_multiplier") or 0.0) for report in v.dp_summary.values())
-    return LevelResult(epsilon, _label(epsilon), float(evaluate["accuracy"]), float(evaluate["loss"]), holdout,
-                       noise, {site: report.get("epsilon") for site, report in sorted(v.dp_summary.items())},
-                       seconds)
+    return LevelResult(epsilon, _label(epsilon), holdout, noise,
+                       {site: report.get("epsilon") for site, report in sorted(v.dp_summary.items())}, seconds)
 
 
 def results_table(results: list[LevelResult]) -> Table:
     table = Table(title="Privacy-utility: final accuracy per privacy level", title_justify="left")
-    for column in ("privacy (per site)", "noise mult.", "eps spent (max site)", "val. acc", "held-out acc",
-                   "val. loss", "time"):
+    for column in ("privacy (per site)", "noise mult.", "eps spent (max site)", "held-out acc", "time"):
         table.add_column(column, justify="left" if column.startswith("privacy") else "right")
     for r in results:
         spent = [e for e in r.spent.values() if e is not None]
         table.add_row(r.label, f"{r.noise_multiplier:.3f}", f"{max(spent):.2f}" if spent else "inf",
-                      f"{r.accuracy:.1%}", f"{r.holdout_accuracy:.1%}", f"{r.loss:.3f}", f"{r.seconds:.0f} s")
+                      f"{r.accuracy:.1%}", f"{r.seconds:.0f} s")
     return table
 
 
@@ -210,8 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(level_result(epsilon, store, number, seconds, held))
         finally:
             store.close()
-        console.print(f"{_label(epsilon)}: val. acc {results[-1].accuracy:.1%}, held-out "
-                      f"{results[-1].holdout_accuracy:.1%} ({seconds:.0f} s)")
+        console.print(f"{_label(epsilon)}: held-out acc {results[-1].accuracy:.1%} ({seconds:.0f} s)")
     total = time.monotonic() - started
     study = {"rows": [asdict(r) for r in results], "chance": 0.25, "total_seconds": total,
              "config": {**{k: v for k, v in vars(args).items() if k not in ("out", "levels", "backbone")}, "sites": QUANTITIES,

@@ -36,14 +36,14 @@ from shared.listening import wait_until_listening
 from shared.logging_setup import quiet_script
 from shared.settings import load_settings
 from tests.flower_fakes import ScriptedClient, free_port
+from tests.privacy_fixtures import charged_session
 
 HEAD_SHAPES = [(2048, 256), (256,), (256, 4), (4,)]
 SITE_COUNTS = (3, 5, 10)
-DP = {"noise_multiplier": 1.0, "delta": 1e-5, "l2_norm_clip": 1.0}
 
 
 def round_time(site_count: int, *, secure: bool, rounds: int) -> float:
-    """Median seconds per round (fit + evaluate) of one session, joins excluded."""
+    """Median seconds per round of one session, joins excluded."""
     with tempfile.TemporaryDirectory() as home:
         store = Store.open(load_settings(home=Path(home)))
         rng = np.random.default_rng(0)
@@ -52,11 +52,10 @@ def round_time(site_count: int, *, secure: bool, rounds: int) -> float:
         sites = [f"site{i}" for i in range(site_count)]
         for site in sites:
             store.enrol_site(site)
-        requests = [store.submit_request(s, rounds=rounds, local_epochs=1, dp=DP).id for s in sites]
-        session = store.create_session(requests, config={
-            "rounds": rounds, "proximal_mu": 0.01, "min_clients": site_count, "join_timeout_s": 60,
-            "round_timeout_s": 120, "max_update_norm": 1e3, "local_epochs": 1, "batch_size": 16,
-            "learning_rate": 0.05, "secure_aggregation": secure})
+        session = charged_session(store, {s: 100 + i for i, s in enumerate(sites)}, rounds=rounds, batch_size=16,
+                                  config={"proximal_mu": 0.01, "min_clients": site_count, "join_timeout_s": 60,
+                                          "round_timeout_s": 120, "max_update_norm": 1e3, "learning_rate": 0.05,
+                                          "secure_aggregation": secure})
         port = free_port()
         store.mark_session_running(session.id, port=port, pid=1)
         fit_done = _time_fit_records(store)

@@ -27,6 +27,7 @@ from shared.listening import wait_until_listening
 from shared.logging_setup import quiet_script
 from shared.settings import load_settings
 from tests.flower_fakes import free_port
+from tests.privacy_fixtures import declaration
 
 HEAD_SHAPES = [(2048, 256), (256,), (256, 4), (4,)]
 DP = {"noise_multiplier": 1.0, "delta": 1e-5, "l2_norm_clip": 1.0}
@@ -43,7 +44,7 @@ def approval_to_listening(trials: int) -> list[float]:
         manager = SessionManager(store, settings)
         timings = []
         for _ in range(trials):
-            request = store.submit_request("bench", rounds=1, local_epochs=1, dp=DP).id
+            request = store.submit_request("bench", rounds=1, local_epochs=1, dp=DP, declaration=declaration(1000)).id
             started = time.perf_counter()
             session = manager.approve([request], ApprovalOptions(rounds=1, join_timeout_s=60))
             wait_until_listening(settings.session_host, session.port, timeout_s=60, interval_s=0.01)

@@ -29,8 +29,7 @@ from server.store import Store  # noqa: E402
 from shared.logging_setup import quiet_script  # noqa: E402
 from shared.settings import load_settings  # noqa: E402
 from tests.flower_fakes import ScriptedClient, free_port, run_in_thread  # noqa: E402
-
-DP = {"noise_multiplier": 1.0, "delta": 1e-5, "l2_norm_clip": 1.0}
+from tests.privacy_fixtures import charged_session  # noqa: E402
 
 
 def model_shapes(trainable_blocks: int) -> list[tuple[int, ...]]:
@@ -49,14 +48,11 @@ def fit_round_seconds(shapes: list[tuple[int, ...]], sites: int, rounds: int) ->
         store = Store.open(load_settings(home=Path(home)))
         store.ensure_initial_version(weights, metadata={"model": {}})
         names = [f"site{i}" for i in range(sites)]
-        ids = []
         for name in names:
             store.enrol_site(name)
-            ids.append(store.submit_request(name, rounds=rounds, local_epochs=1, dp=DP).id)
-        config = {"rounds": rounds, "proximal_mu": 0.0, "min_clients": sites, "join_timeout_s": 120,
-                  "round_timeout_s": 600, "max_update_norm": 1e9, "local_epochs": 1, "batch_size": 8,
-                  "learning_rate": 0.1}
-        session = store.create_session(ids, config=config)
+        config = {"proximal_mu": 0.0, "min_clients": sites, "join_timeout_s": 120, "round_timeout_s": 600,
+                  "max_update_norm": 1e9, "learning_rate": 0.1}
+        session = charged_session(store, dict.fromkeys(names, 100), rounds=rounds, config=config, batch_size=8)
         port = free_port()
         store.mark_session_running(session.id, port=port, pid=os.getpid())
         marks: list[tuple[str, float]] = []
@@ -76,7 +72,7 @@ def fit_round_seconds(shapes: list[tuple[int, ...]], sites: int, rounds: int) ->
         joined = time.perf_counter()
         server.join()
         store.close()
-    # A fit round runs from the previous evaluate record (or the joins) to its own fit record.
+    # A fit round runs from the previous round's record (or the joins) to its own fit record.
     previous, rounds_s = joined, []
     for phase, at in marks:
         if phase == "fit":

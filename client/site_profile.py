@@ -1,4 +1,4 @@
-"""A site's local profile: server address, enrolment token, data folder, privacy budget.
+"""A site's local profile: server address, enrolment token, data folder, privacy budget and declarations.
 
 Kept as ``<sites_dir>/<site>/site.json`` (readable by the owner only, since it holds the
 token), written once by ``fl-client --site NAME setup`` and read by every other command.
@@ -16,6 +16,8 @@ from shared.errors import ConfigError
 from shared.settings import Settings
 
 PROFILE_NAME = "site.json"
+#: Profiles written before the admin granted no-DP training at enrolment held this key; it grants nothing.
+LEGACY_NO_DP_KEY = "allow_no_dp"
 
 
 class SiteProfile(BaseModel):
@@ -37,9 +39,10 @@ class SiteProfile(BaseModel):
     #: This site's own certificate and key, issued by the admin, when the server wants mutual TLS.
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    #: Research/benchmark sites only: allow requests with noise_multiplier 0 (no DP, epsilon = inf).
-    #: Such a run is still recorded in the ledger, which then reports an infinite total for good.
-    allow_no_dp: bool = False
+    #: Send the exact training-image count (declared public); otherwise it is rounded up to a bucket.
+    count_public: bool = False
+    #: The most MRI slices one patient contributes (k); views then also show the patient-level epsilon.
+    max_slices_per_patient: int | None = Field(None, ge=1, le=10_000)
 
     @property
     def ledger_path(self) -> Path:
@@ -85,6 +88,9 @@ def load_profile(settings: Settings, site: str) -> SiteProfile:
             "(or leave out --token-file to be asked for the token)",
         )
     try:
-        return SiteProfile.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict):
+            data.pop(LEGACY_NO_DP_KEY, None)  # training without DP is the admin's grant now, not a profile edit
+        return SiteProfile.model_validate(data)
     except (ValueError, ValidationError) as exc:
         raise ConfigError(f"{path} is not a valid site profile: {exc}") from None

@@ -99,3 +99,20 @@ def scan_dataset(
     if scan.total == 0:
         raise DatasetError(f"{root} holds no readable images")
     return scan
+
+
+def validation_size(members: int, val_fraction: float) -> int:
+    """Images of one class (``members``) that go to validation: the split rule the loader uses.
+
+    A class with at least two images always keeps one for training and gives one to validation
+    (when ``val_fraction > 0``), so small sites still validate on every class they have.
+    """
+    n_val = round(members * val_fraction)
+    if val_fraction > 0 and members >= 2:
+        n_val = min(max(n_val, 1), members - 1)
+    return n_val
+
+
+def training_size(counts: dict[str, int], val_fraction: float) -> int:
+    """Training images of a scan's per-class ``counts`` (what a site's privacy is planned with)."""
+    return sum(members - validation_size(members, val_fraction) for members in counts.values())

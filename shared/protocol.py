@@ -65,6 +65,24 @@ class DpSpec(_Strict):
         return self
 
 
+class DataDeclaration(_Strict):
+    """What the server plans a site's privacy with; nothing here is data-dependent beyond ``examples``.
+
+    ``examples`` is the site's training-image count, exact when the site declared it public
+    (``exact``) and otherwise rounded up to a bucket (``shared.privacy_accounting.bucket_examples``).
+    The server derives the sampling rate, steps and (for a target epsilon) the noise from it, so
+    none of them reveals more than it. ``budget_*`` is the site's own budget (the server enforces
+    the lower of it and the enrolment budget); ``slices_per_patient`` is the declared k of the
+    patient-level views.
+    """
+
+    examples: Annotated[int, Field(ge=1, le=10**9)]
+    exact: bool = False
+    budget_epsilon: Annotated[float, Field(gt=0, le=1000)]
+    budget_delta: Annotated[float, Field(gt=0, le=1e-2)]
+    slices_per_patient: Annotated[int, Field(ge=1, le=10_000)] | None = None
+
+
 class _Message(_Strict):
     """Fields every request carries: correlation id and the site's credentials."""
 
@@ -80,6 +98,8 @@ class SubmitRequest(_Message):
     dp: DpSpec
     #: Free text for the admin: control and invisible format characters are stripped on arrival.
     note: Annotated[str, StringConstraints(max_length=500), AfterValidator(strip_control)] = ""
+    #: Needed before the admin can approve (the server plans the DP schedule from it).
+    declaration: DataDeclaration | None = None
 
 
 class RequestStatus(_Message):
@@ -167,6 +187,7 @@ class RequestView(_Result):
     decided_by: str | None = None
     reason: str = ""
     session_id: int | None = None
+    declaration: dict[str, Any] = {}
 
 
 class RequestList(_Result):
@@ -191,13 +212,15 @@ class Acknowledged(_Result):
 
 
 class VersionView(_Result):
-    """A version as a site sees it: no server paths, no list of who else received it."""
+    """A version as a site sees it: aggregates only. ``participants`` names at most the viewing site
+    itself, ``dp_summary`` holds only its own entry, ``sites`` is how many took part; no server paths."""
 
     number: int
     label: str
     kind: str
     parents: list[int]
     participants: list[str]
+    sites: int = 0
     rounds: int
     metrics: dict[str, Any]
     dp_summary: dict[str, Any]

@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 
 from server.console.cli import main
+from server.sessions.privacy_plan import privacy_summary
 from server.store import Store
 from server.store.lifecycle import RequestState, SessionState
 from shared.settings import load_settings
 from tests.conftest_store import make_weights, running_session
 from tests.flower_fakes import free_port
+from tests.privacy_fixtures import charged_session, declaration
 
 DP = {"noise_multiplier": 1.1, "delta": 1e-5, "l2_norm_clip": 1.0}
 
@@ -46,21 +48,22 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
-def submit(store: Store, site: str, rounds: int = 2) -> int:
-    return store.submit_request(site, rounds=rounds, local_epochs=1, dp=DP, note=f"from {site}").id
+def submit(store: Store, site: str, rounds: int = 2, examples: int = 200) -> int:
+    return store.submit_request(site, rounds=rounds, local_epochs=1, dp=DP, note=f"from {site}",
+                                declaration=declaration(examples)).id
 
 
 def completed_session(store: Store) -> int:
-    """A session of north and south that committed v1 with recorded rounds; returns its id."""
-    session = running_session(store, "north", "south")
-    for site_epsilon, phase in ((0.5, "fit"), (None, "evaluate")):
-        per_site = {s: {"examples": 20, **({"epsilon": site_epsilon, "epsilon_total": 2.5} if site_epsilon else {})}
-                    for s in ("north", "south")}
-        store.record_round(session.id, round_number=1, phase=phase, metrics={"loss": 1.2, "accuracy": 0.4,
-                                                                            "examples": 40}, per_site=per_site)
+    """A session of north and south (charged to the ledger) that committed v1 with one recorded round
+    (and an evaluate phase with an accuracy, as an older session recorded it); returns its id."""
+    session = charged_session(store, {"north": 20, "south": 20}, rounds=2)
+    store.mark_session_running(session.id, port=8080 + session.id, pid=1000 + session.id)
+    for phase in ("fit", "evaluate"):
+        store.record_round(session.id, round_number=1, phase=phase, metrics={"accuracy": 0.4, "examples": 40},
+                           per_site={s: {"examples": 20} for s in ("north", "south")})
     store.commit_session_result(session.id, make_weights(1), metrics={"fit": {"examples": 40},
                                                                       "evaluate": {"accuracy": 0.4, "loss": 1.2}},
-                                dp_summary={"north": {"epsilon": 0.5, "delta": 1e-5, "examples": 20}},
+                                dp_summary=privacy_summary(store, session.id, ["north", "south"]),
                                 participants=["north", "south"], rounds=1)
     return session.id
 
@@ -71,6 +74,22 @@ def test_enrol_shows_the_token_once_and_refuses_a_duplicate(store: Store, capsys
     assert store.authenticate("east", out.split("token: ")[1].split()[0]).budget_epsilon == 4
     code, out = run(capsys, "enrol", "east")
     assert code == 1 and "already enrolled" in out
+
+
+def test_only_the_admin_grants_training_without_dp(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = run(capsys, "enrol", "bench", "--allow-no-dp")
+    assert code == 0 and store.get_site("bench").allow_no_dp and not store.get_site("north").allow_no_dp
+    code, out = run(capsys, "sites")
+    assert code == 0 and "allowed" in next(line for line in out.splitlines() if "bench" in line)
+
+
+def test_privacy_shows_the_servers_ledger_with_its_unit(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    completed_session(store)
+    code, out = run(capsys, "privacy")
+    charge = store.privacy_charges(site="north")[0]
+    assert code == 0 and "Privacy spent per site" in out and "Privacy ledger (server)" in out
+    assert f"{charge.total_epsilon:.3f}" in out and f"{charge.total_epsilon_rdp:.3f}" in out
+    assert "add/remove one image" in out.replace("\n", " ") and "PLD" in out
 
 
 def test_disable_and_sites(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
@@ -91,15 +110,19 @@ def test_requests_pending_and_by_site(store: Store, capsys: pytest.CaptureFixtur
 
 
 def test_approve_two_requests_into_one_session_then_stop_it(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
-    ids = [submit(store, "north"), submit(store, "south")]
-    code, out = run(capsys, "approve", str(ids[0]), f"REQ-{ids[1]}", "--rounds", "5", "--mu", "0.02",
-                    "--join-timeout", "600")
+    ids = [submit(store, "north", rounds=3), submit(store, "south", rounds=2)]
+    code, out = run(capsys, "approve", str(ids[0]), f"REQ-{ids[1]}", "--rounds", "3", "--join-timeout", "600")
+    assert code == 1 and f"REQ-{ids[1]} (south) asked for 2" in out and "hint:" in out
+    assert store.list_sessions() == []
+    code, out = run(capsys, "approve", str(ids[0]), f"REQ-{ids[1]}", "--mu", "0.02", "--join-timeout", "600")
     assert code == 0 and "approved into session 1" in out and "north, south" in out
+    assert "DP schedules sent" in out and "sigma" in out
     session = store.get_session(1)
-    assert session.config["rounds"] == 5 and session.config["proximal_mu"] == 0.02
+    assert session.config["rounds"] == 2 and session.config["proximal_mu"] == 0.02
     assert session.config["min_clients"] == 2 and session.state == SessionState.RUNNING
+    assert [c.site for c in store.privacy_charges(session_id=1)] == ["north", "south"]
     code, out = run(capsys, "sessions", "--active")
-    assert code == 0 and "RUNNING" in out and "0 of 5" in out
+    assert code == 0 and "RUNNING" in out and "0 of 2" in out
     code, out = run(capsys, "stop", "1", "--reason", "test over")
     assert code == 0 and store.get_session(1).state == SessionState.CANCELLED
 
@@ -144,7 +167,8 @@ def test_history_and_stats(store: Store, capsys: pytest.CaptureFixture[str]) -> 
     code, out = run(capsys, "stats")
     assert code == 0 and "Per site" in out and "Per version" in out
     north = next(line for line in out.splitlines() if line.startswith("│north"))
-    assert "20" in north and "0.500" in north and "2.500" in north
+    (charge,) = store.privacy_charges(site="north")
+    assert "20" in north and f"{charge.epsilon:.3f}" in north and f"{charge.total_epsilon:.3f}" in north
     assert "40.0%" in out
 
 
@@ -171,7 +195,7 @@ def test_versions_and_version_details(store: Store, capsys: pytest.CaptureFixtur
 
 def test_versions_fit_an_80_column_pipe(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
     completed_session(store)
-    for command in (("versions",), ("requests",), ("history",), ("stats",), ("version", "1")):
+    for command in (("versions",), ("requests",), ("history",), ("stats",), ("version", "1"), ("privacy",)):
         _, out = run(capsys, *command)
         assert max(len(line) for line in out.splitlines()) <= 80, command
 

@@ -20,6 +20,7 @@ from shared.errors import SessionFailedError
 from shared.listening import wait_until_listening
 from shared.settings import Settings, load_settings
 from tests.flower_fakes import ScriptedClient, free_port, run_in_thread, serve_session
+from tests.privacy_fixtures import declaration, site_plan
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +54,7 @@ def home(tmp_path: Path) -> Iterator[ServerHome]:
     store = Store.open(settings)
     store.ensure_initial_version(V0, metadata={"model": {}})
     store.enrol_site("north")
-    store.submit_request("north", rounds=1, local_epochs=1, dp=DP)
+    store.submit_request("north", rounds=1, local_epochs=1, dp=DP, declaration=declaration(100))
     yield ServerHome(settings, store)
     for session in store.list_sessions():
         if session.pid and session.state in (SessionState.STARTING, SessionState.RUNNING):
@@ -120,7 +121,7 @@ def _session_with_a_killed_client(store: Store, min_clients: int, marker: Path) 
     second = store.submit_request("south", rounds=2, local_epochs=1, dp=DP).id
     config = {"rounds": 2, "proximal_mu": 0.0, "min_clients": min_clients, "join_timeout_s": 30,
               "round_timeout_s": 60, "max_update_norm": 100.0, "local_epochs": 1, "batch_size": 4,
-              "learning_rate": 0.1}
+              "learning_rate": 0.1, "sites": {"north": site_plan(1, 10, rounds=2), "south": site_plan(second, 10, rounds=2)}}
     session = store.create_session([1, second], config=config)
     port = free_port()
     store.mark_session_running(session.id, port=port, pid=os.getpid())

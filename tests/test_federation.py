@@ -19,6 +19,8 @@ import pytest
 
 from client.federation.socket_client import SiteConnection
 from client.menu.actions import setup_site
+from client.site_profile import load_profile
+from client.training.privacy_contract import declaration, site_ledger
 from scripts.make_sample_data import generate_sample_dataset
 from scripts.split_dataset import split_dataset
 from server.sessions.initial_model import ensure_initial_version
@@ -26,6 +28,7 @@ from server.sessions.manager import ApprovalOptions, SessionManager
 from server.socket.request_socket import RequestServerThread
 from server.store import Store
 from server.store.lifecycle import RequestState, SessionState
+from shared.privacy_accounting import DpSchedule
 from shared.settings import Settings, load_settings
 from shared.weights_io import sha256_file
 from tests.flower_fakes import free_port
@@ -34,6 +37,7 @@ pytestmark = pytest.mark.slow
 
 SITES = ("north", "south")
 DP = {"noise_multiplier": 1.0, "delta": 1e-5, "l2_norm_clip": 1.0}
+BUDGET = 100.0
 FAST = ApprovalOptions(rounds=2, local_epochs=1, batch_size=8, learning_rate=0.1, join_timeout_s=180)
 
 
@@ -50,8 +54,11 @@ class Federation:
         return SiteConnection("127.0.0.1", self.port, site, self.tokens[site])
 
     def request(self, site: str, rounds: int = 2) -> int:
+        """Send a request with the site's declaration, as ``fl-client request`` does."""
+        profile = load_profile(self.settings, site)
         with self.connection(site) as connection:
-            return connection.submit_request(rounds=rounds, local_epochs=1, dp=DP, note="test").id
+            return connection.submit_request(rounds=rounds, local_epochs=1, dp=DP, note="test",
+                                             declaration=declaration(profile)).id
 
     def train(self, site: str, request_id: int) -> subprocess.Popen[bytes]:
         env = {**os.environ, **self.settings.as_environment(), "FL_LOG_LEVEL": "WARNING"}
@@ -70,13 +77,13 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
     split_dataset(root / "sample", root / "sites", list(SITES), mode="iid", seed=1)
     store = Store.open(settings)
     ensure_initial_version(store, image_size=32)
-    tokens = {site: store.enrol_site(site) for site in SITES}
+    tokens = {site: store.enrol_site(site, budget_epsilon=BUDGET) for site in SITES}  # several sessions each
     manager = SessionManager(store, settings, poll_interval_s=0.2)
     manager.start()
     with RequestServerThread(store, settings) as server:
         for site in SITES:
             setup_site(settings, site=site, token=tokens[site], data_root=root / "sites" / site,
-                       server_port=server.port)
+                       server_port=server.port, budget_epsilon=BUDGET)
         yield Federation(settings, store, manager, server.port, tokens, root)
     manager.shutdown(stop_running=True)
     store.close()
@@ -98,11 +105,16 @@ def test_two_sites_train_one_joint_session_and_download_v1(federation: Federatio
     version = federation.store.get_version(final.version_number)
     assert version.parents == [session.base_version] and version.kind == "session"
     assert version.participants == sorted(SITES)
-    assert set(version.dp_summary) == set(SITES)
-    assert all(0 < report["epsilon"] < 100 for report in version.dp_summary.values())
+    charges = {c.site: c for c in federation.store.privacy_charges(session_id=session.id)}
+    assert {site: report["epsilon"] for site, report in version.dp_summary.items()} == {
+        site: charges[site].epsilon for site in SITES}
+    for site in SITES:  # each site's own ledger holds exactly the server's schedule, round by round
+        plan = session.config["sites"][site]
+        ledger = site_ledger(load_profile(federation.settings, site))
+        assert [e.event for e in ledger.entries(str(session.id))] == [
+            DpSchedule.from_dict(plan["schedule"]).event()] * 2
     phases = {(r.round_number, r.phase) for r in federation.store.session_rounds(session.id)}
-    assert phases == {(1, "fit"), (1, "evaluate"), (2, "fit"), (2, "evaluate")}
-    assert 0.0 <= version.metrics["evaluate"]["accuracy"] <= 1.0
+    assert phases == {(1, "fit"), (2, "fit")} and "evaluate" not in version.metrics
     for site, rid in requests.items():
         assert federation.store.get_request(rid).state == RequestState.COMPLETED
         with federation.connection(site) as connection:

@@ -20,22 +20,23 @@ from server.history import plots as history_plots
 from server.history.cli import main
 from server.history.queries import compare_versions, l2_distance, site_contributions
 from server.sessions.merge import staleness_merge
+from server.sessions.privacy_plan import privacy_summary
 from server.store import Store
 from shared.errors import ReadOnlyStoreError
+from shared.privacy_accounting import epsilon_for
 from shared.settings import Settings, load_settings
 from tests.conftest_store import make_weights
+from tests.privacy_fixtures import charged_session, schedule
 
 SITE_EXAMPLES = {"alpha": 40, "beta": 24, "gamma": 32}
 
 
-def _run_session(store: Store, sites: list[str], *, rounds: int, seed: int, start: int, eps: float) -> int:
-    """Approve one request per site, record each round like a session process, return the session id."""
-    ids = [store.submit_request(s, rounds=rounds, local_epochs=1, dp={"target_epsilon": eps}).id for s in sites]
-    session = store.create_session(ids, config={"rounds": rounds})
+def _run_session(store: Store, sites: list[str], *, rounds: int, seed: int) -> int:
+    """Approve one request per site (charged to the ledger), record each round like a session process."""
+    session = charged_session(store, {s: SITE_EXAMPLES[s] for s in sites}, rounds=rounds)
     store.mark_session_running(session.id, port=9000 + session.id, pid=100 + session.id)
     for r in range(1, rounds + 1):
-        per_fit = {s: {"loss": 1.3 - 0.1 * r, "epsilon": eps * r / rounds, "epsilon_total": start + eps * r / rounds,
-                       "delta": 1e-5, "noise_multiplier": 1.1, "examples": SITE_EXAMPLES[s]} for s in sites}
+        per_fit = {s: {"examples": SITE_EXAMPLES[s]} for s in sites}
         store.record_round(session.id, round_number=r, phase="fit",
                            metrics={"loss": 1.3 - 0.1 * r, "accuracy": 0.3 + 0.1 * r, "examples": 64},
                            per_site=per_fit)
@@ -50,8 +51,7 @@ def _commit(store: Store, session_id: int, sites: list[str], seed: int, rounds: 
         session_id, make_weights(seed),
         metrics={"fit": {"loss": 1.0, "accuracy": 0.5, "examples": 64},
                  "evaluate": {"loss": 1.1, "accuracy": 0.25 + 0.12 * rounds, "examples": 16, "sites": len(sites)}},
-        dp_summary={s: {"epsilon": 1.0, "delta": 1e-5, "noise_multiplier": 1.1, "examples": SITE_EXAMPLES[s]}
-                    for s in sites},
+        dp_summary=privacy_summary(store, session_id, sites),
         participants=sites, rounds=rounds, merge=staleness_merge)
 
 
@@ -63,8 +63,8 @@ def history_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     store.ensure_initial_version(make_weights(0), metadata={"model": {"image_size": 32}})
     for site in SITE_EXAMPLES:
         store.enrol_site(site)
-    joint = _run_session(store, ["alpha", "beta"], rounds=3, seed=1, start=0, eps=2.0)
-    alone = _run_session(store, ["gamma"], rounds=2, seed=2, start=0, eps=1.0)
+    joint = _run_session(store, ["alpha", "beta"], rounds=3, seed=1)
+    alone = _run_session(store, ["gamma"], rounds=2, seed=2)
     _commit(store, joint, ["alpha", "beta"], seed=1, rounds=3)
     _commit(store, alone, ["gamma"], seed=2, rounds=2)
     store.close()
@@ -102,7 +102,8 @@ def test_lineage_shows_the_merge_with_its_weight(history_settings: Settings, his
 def test_show_prints_rounds_privacy_and_sha(history_settings: Settings, history: Store, capsys) -> None:
     out = _cli(history_settings, capsys, "show", "v1")
     assert history.get_version(1).sha256 in out.replace("\n", "")
-    assert "alpha" in out and "Privacy reported" in out and "Per-round" in out
+    assert "alpha" in out and "Privacy (server ledger" in out and "Per-round" in out
+    assert "add/remove one image" in out and "PLD" in out
 
 
 def test_rounds_lists_fit_and_evaluate_of_each_round(history_settings: Settings, capsys) -> None:
@@ -129,11 +130,13 @@ def test_l2_distance_is_zero_for_itself_and_matches_numpy(history: Store) -> Non
 def test_sites_shows_contribution_and_epsilon_over_time(history_settings: Settings, history: Store,
                                                         capsys) -> None:
     out = _cli(history_settings, capsys, "sites")
-    assert "Per-site contribution" in out and "Epsilon reported over time" in out
+    assert "Per-site contribution" in out and "Epsilon charged over time" in out
     by_site = {c.site: c for c in site_contributions(history)}
     assert by_site["alpha"].examples == 40 and by_site["alpha"].versions == [1]
-    assert by_site["gamma"].versions == [2] and len(by_site["alpha"].points) == 3
-    assert by_site["alpha"].latest_total_epsilon == pytest.approx(2.0)
+    assert by_site["gamma"].versions == [2] and len(by_site["alpha"].points) == 1
+    (charge,) = history.privacy_charges(site="alpha")
+    assert by_site["alpha"].latest_total_epsilon == charge.total_epsilon
+    assert charge.total_epsilon == pytest.approx(epsilon_for(schedule(40).session_event(3), 1e-5))
 
 
 def test_export_writes_csv_and_json_with_the_same_rows(history_settings: Settings, tmp_path: Path,
@@ -176,10 +179,10 @@ def test_plots_have_the_right_axes_and_one_line_per_version_or_site(history: Sto
     assert _labels(rounds) == [("round", "validation accuracy"), ("round", "validation loss")]
     assert [line.get_label() for line in rounds.axes[1].get_lines()] == ["v1 (session 1)", "v2 (session 2)"]
     epsilon = history_plots.epsilon_figure(site_contributions(history))
-    assert _labels(epsilon) == [("time of report", "epsilon spent (composed total)")]
+    assert _labels(epsilon) == [("time of approval", "epsilon spent (composed total, PLD)")]
     assert len(epsilon.axes[0].get_lines()) == 3
     study = history_plots.privacy_utility_figure(history_plots.load_study(_study(tmp_path / "s.json")))
-    assert _labels(study) == [("target epsilon per site (log scale)", "final validation accuracy")]
+    assert _labels(study) == [("target epsilon per site (log scale)", "final accuracy (held-out)")]
     assert study.axes[0].get_xscale() == "log"
 
 

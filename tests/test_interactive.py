@@ -203,7 +203,7 @@ def test_admin_and_two_hospitals_through_their_menus(world: dict) -> None:
     admin.pick("7")
     admin.answer("Details of which version")  # newest first: v1
     admin.expect("lineage")
-    admin.expect("Privacy reported by the sites")
+    admin.expect("Privacy (server ledger")
 
     for client in clients.values():  # both accept at once: each rebuilds ResNet50 to save the .h5
         client.pick("5")

@@ -9,11 +9,11 @@ from server.sessions.update_validation import update_problem
 from server.store import Store
 from server.store.lifecycle import SessionState
 from tests.flower_fakes import ScriptedClient, free_port, run_in_thread, serve_session
+from tests.privacy_fixtures import charged_session
 
 pytestmark = pytest.mark.slow
 
 V0 = [np.zeros((6, 4), np.float32), np.zeros(4, np.float32)]
-DP = {"noise_multiplier": 1.0, "delta": 1e-5, "l2_norm_clip": 1.0}
 POISONS = {
     "wrong shape": lambda ws: [np.zeros((7, 4), np.float32), ws[1]],
     "missing array": lambda ws: ws[:1],
@@ -27,10 +27,9 @@ POISONS = {
 def test_poisoned_update_is_dropped_logged_and_the_rest_is_averaged(store: Store, sites: dict[str, str],
                                                                    poison: str) -> None:
     store.ensure_initial_version(V0, metadata={"model": {}})
-    ids = [store.submit_request(s, rounds=1, local_epochs=1, dp=DP).id for s in ("alpha", "beta", "gamma")]
-    config = {"rounds": 1, "proximal_mu": 0.0, "min_clients": 2, "join_timeout_s": 30, "round_timeout_s": 60,
-              "max_update_norm": 100.0, "local_epochs": 1, "batch_size": 4, "learning_rate": 0.1}
-    session = store.create_session(ids, config=config)
+    config = {"proximal_mu": 0.0, "min_clients": 2, "join_timeout_s": 30, "round_timeout_s": 60,
+              "max_update_norm": 100.0, "learning_rate": 0.1}
+    session = charged_session(store, {"alpha": 10, "beta": 10, "gamma": 1000}, rounds=1, config=config)
     port = free_port()
     store.mark_session_running(session.id, port=port, pid=1)
     outcome = serve_session(store, session.id, port)

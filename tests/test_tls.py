@@ -166,16 +166,15 @@ def test_flower_session_over_tls_refuses_a_site_trusting_another_ca(tmp_path: Pa
     from server.sessions.runtime import run_session
     from shared.errors import SessionFailedError
     from tests.flower_fakes import ScriptedClient, free_port, run_in_thread
+    from tests.privacy_fixtures import charged_session
 
     store = Store.open(load_settings(home=tmp_path / "home"))
     store.ensure_initial_version([np.zeros((3, 2), np.float32)], metadata={"model": {}})
     store.enrol_site("north")
     store.enrol_site("south")
-    ids = [store.submit_request(s, rounds=1, local_epochs=1, dp=DP).id for s in ("north", "south")]
-    config = {"rounds": 1, "proximal_mu": 0.0, "min_clients": 1, "join_timeout_s": 8, "round_timeout_s": 30,
-              "max_update_norm": 100.0, "local_epochs": 1, "batch_size": 4, "learning_rate": 0.1,
-              "secure_aggregation": False}
-    session = store.create_session(ids, config=config)
+    config = {"proximal_mu": 0.0, "min_clients": 1, "join_timeout_s": 8, "round_timeout_s": 30,
+              "max_update_norm": 100.0, "learning_rate": 0.1, "secure_aggregation": False}
+    session = charged_session(store, {"north": 5, "south": 5}, rounds=1, config=config)
     port = free_port()
     store.mark_session_running(session.id, port=port, pid=1)
     outcome: dict = {}

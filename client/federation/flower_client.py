@@ -1,17 +1,17 @@
-"""The site's Flower ``NumPyClient``: receives global trainable weights, trains with DP, reports.
+"""The site's Flower ``NumPyClient``: receives global trainable weights, trains its approved DP schedule.
 
-Round config keys read by ``fit`` (the server's FedProx strategy sends them):
-``round``, ``session_id``, ``local_epochs``, ``batch_size``, ``learning_rate``, ``proximal_mu``,
-and ``num_rounds`` when the site gave a target epsilon (the noise is calibrated once per session
-so that ``num_rounds * local_epochs`` epochs spend that epsilon; rounds must keep the batch size
-and epochs of the first one).
+Round config keys read by ``fit`` (the server's FedProx strategy sends them): ``round``,
+``session_id``, ``num_rounds``, ``batch_size``, ``learning_rate``, ``proximal_mu``, and this
+site's own ``local_epochs``, ``examples`` (its approved, declared count) and ``dp_*`` schedule
+(``shared.privacy_accounting.DpSchedule``). The schedule is checked against the site's request
+(``client.training.privacy_contract.accepted_schedule``), charged to the site's ledger, then
+trained; anything that does not match is refused before a step runs.
 
-Fit metrics: ``loss`` (mean training cross-entropy of the last local epoch), ``accuracy``,
-``epsilon`` (this session so far, all its rounds composed, at the DP config's ``delta``),
-``epsilon_total`` (the site's whole ledger), ``delta``, ``noise_multiplier``, ``l2_norm_clip``,
-``steps``, ``round``, ``backbone_fingerprint``, plus the ``extra_fit_metrics`` given at
-construction. Training loss/accuracy and the validation metrics are not privatised: they are
-aggregates the server sees in the clear, outside the DP guarantee.
+What leaves the site (see the README's privacy table): the DP-trained weights; as the example
+count, the approved one (public by declaration or bucketed); and in the metrics only the round,
+the backbone fingerprint and the admission proof (``extra_fit_metrics``). Training loss and
+accuracy stay local (the ``progress`` callback), and ``evaluate`` refuses to send validation
+metrics in the clear.
 
 Start it with ``flwr.client.start_client(server_address=..., client=client.to_client())``.
 """
@@ -19,7 +19,7 @@ Start it with ``flwr.client.start_client(server_address=..., client=client.to_cl
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +28,10 @@ from flwr.client import NumPyClient
 from flwr.common import Scalar
 
 from client.training.data import SiteData, image_dataset, load_site_data
-from client.training.dp_training import DPConfig, LocalTraining, train_dp
+from client.training.dp_training import DPConfig, LocalTraining, TrainResult, train_dp
 from client.training.feature_cache import cached_features, compute_features
 from client.training.ledger import PrivacyLedger
+from client.training.privacy_contract import RequestTerms, accepted_schedule
 from shared.classifier import (
     Classifier,
     Weights,
@@ -39,12 +40,13 @@ from shared.classifier import (
     get_trainable_weights,
     set_trainable_weights,
 )
-from shared.errors import ConfigError
-from shared.privacy_accounting import dp_sgd_event, noise_for_target_epsilon
+from shared.errors import ConfigError, ProtocolError
+from shared.privacy_accounting import DpSchedule
 
-#: Called after every local epoch with (round, epoch, loss, accuracy).
+#: Called after every local epoch with (round, epoch, loss, accuracy); the figures stay on the site.
 ProgressCallback = Callable[[int, int, float, float], None]
-_EVAL_BATCH = 128
+#: Keys every round's fit config must carry (the schedule's ``dp_*`` keys are checked with it).
+FIT_KEYS = ("session_id", "round", "num_rounds", "local_epochs", "batch_size", "learning_rate", "examples")
 
 
 @dataclass
@@ -59,7 +61,11 @@ class LocalData:
 
 
 class FLClient(NumPyClient):
-    """One site in one session: DP-SGD + FedProx on local data, every run charged to the ledger."""
+    """One site in one session: the approved DP-SGD schedule + FedProx, every run charged to the ledger.
+
+    ``terms`` is what the site asked for in the request the session was approved from; ``dp``
+    gives the optimizer (clip and noise come from the accepted schedule).
+    """
 
     def __init__(
         self,
@@ -68,6 +74,7 @@ class FLClient(NumPyClient):
         dp: DPConfig,
         ledger: PrivacyLedger,
         fingerprint: str,
+        terms: RequestTerms,
         extra_fit_metrics: Mapping[str, str | int | float] | None = None,
         progress: ProgressCallback | None = None,
     ) -> None:
@@ -75,18 +82,13 @@ class FLClient(NumPyClient):
         self.dp = dp
         self.ledger = ledger
         self.fingerprint = fingerprint
+        self.terms = terms
         self.extra_fit_metrics = dict(extra_fit_metrics or {})
         self.progress = progress
-        self._session_noise: dict[str, float] = {}
-        local.model.compile(
-            loss=tf.keras.losses.SparseCategoricalCrossentropy(),
-            metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        )
 
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
         """Proof of admission (``extra_fit_metrics``: site, session secret) and the backbone in use."""
-        return {"backbone_fingerprint": self.fingerprint, "n_train": self.local.n_train,
-                **self.extra_fit_metrics}
+        return {"backbone_fingerprint": self.fingerprint, **self.extra_fit_metrics}
 
     def get_parameters(self, config: dict[str, Scalar]) -> list[np.ndarray]:
         return get_trainable_weights(self.local.model)
@@ -94,70 +96,51 @@ class FLClient(NumPyClient):
     def fit(
         self, parameters: list[np.ndarray], config: dict[str, Scalar]
     ) -> tuple[list[np.ndarray], int, dict[str, Scalar]]:
-        """One round: check and charge the privacy budget, then DP-train from the global weights."""
-        session_id = str(_required(config, "session_id"))
-        round_number = int(_required(config, "round"))
+        """One round: accept and charge the schedule, then DP-train it from the global weights."""
+        for key in FIT_KEYS:
+            _required(config, key)
+        schedule = accepted_schedule(config, self.terms)  # raises before anything is charged
+        session_id, round_number = str(config["session_id"]), int(config["round"])
         training = LocalTraining(
-            epochs=int(_required(config, "local_epochs")),
-            batch_size=int(_required(config, "batch_size")),
-            learning_rate=float(_required(config, "learning_rate")),
+            epochs=int(config["local_epochs"]),
+            batch_size=int(config["batch_size"]),
+            learning_rate=float(config["learning_rate"]),
             proximal_mu=float(config.get("proximal_mu", 0.0)),
         )
-        noise = self._noise(session_id, training, config)
-        planned = dp_sgd_event(noise, self.local.n_train, training.batch_size, training.epochs)
         set_trainable_weights(self.local.model, parameters)  # checks shapes before charging
-        total = self.ledger.charge(session_id, planned)  # raises PrivacyBudgetExceeded
-        result = train_dp(
-            self.local.model,
-            self.local.train,
-            self.local.n_train,
-            noise_multiplier=noise,
-            dp=self.dp,
-            local=training,
-            on_epoch=self._epoch_reporter(round_number),
-        )
+        self.ledger.charge(session_id, schedule.event())  # raises PrivacyBudgetExceeded
+        result = self._train(schedule, training, self._epoch_reporter(round_number))
         metrics: dict[str, Scalar] = {
-            "loss": result.loss,
-            "accuracy": result.accuracy,
-            "epsilon": self.ledger.spent(self.dp.delta, session_id=session_id),
-            "epsilon_total": total,
-            "delta": self.dp.delta,
-            "noise_multiplier": noise,
-            "l2_norm_clip": self.dp.l2_norm_clip,
-            "steps": result.steps,
             "round": round_number,
             "backbone_fingerprint": self.fingerprint,
             **self.extra_fit_metrics,
         }
-        return result.weights, result.examples, metrics
+        return result.weights, int(config["examples"]), metrics
+
+    def _train(self, schedule: DpSchedule, training: LocalTraining,
+               on_epoch: Callable[[int, float, float], None] | None) -> TrainResult:
+        """The one call into the trainer, with the accepted schedule's noise and clip.
+
+        Until ``train_dp`` takes the schedule itself (Poisson sampling, dp-core's branch), it
+        trains ``training.epochs`` epochs of fixed batches; then this becomes
+        ``train_dp(..., schedule=schedule, ...)``.
+        """
+        return train_dp(
+            self.local.model,
+            self.local.train,
+            self.local.n_train,
+            noise_multiplier=schedule.noise_multiplier,
+            dp=replace(self.dp, l2_norm_clip=schedule.l2_norm_clip),
+            local=training,
+            on_epoch=on_epoch,
+        )
 
     def evaluate(
         self, parameters: list[np.ndarray], config: dict[str, Scalar]
     ) -> tuple[float, int, dict[str, Scalar]]:
-        """Loss and accuracy of ``parameters`` on the local validation split."""
-        if self.local.n_val == 0:
-            return 0.0, 0, dict(self.extra_fit_metrics)
-        set_trainable_weights(self.local.model, parameters)
-        loss, accuracy = self.local.model.evaluate(
-            self.local.val.batch(_EVAL_BATCH), verbose=0
-        )
-        metrics = {"loss": float(loss), "accuracy": float(accuracy), **self.extra_fit_metrics}
-        return float(loss), self.local.n_val, metrics
-
-    def _noise(self, session_id: str, training: LocalTraining, config: dict[str, Scalar]) -> float:
-        """The session's noise multiplier: given, or calibrated once to its target epsilon."""
-        if self.dp.noise_multiplier is not None:
-            return self.dp.noise_multiplier
-        if session_id not in self._session_noise:
-            rounds = int(_required(config, "num_rounds"))
-            self._session_noise[session_id] = noise_for_target_epsilon(
-                self.dp.target_epsilon,
-                self.dp.delta,
-                self.local.n_train,
-                training.batch_size,
-                rounds * training.epochs,
-            )
-        return self._session_noise[session_id]
+        """Refused: validation metrics would leave the site in the clear, outside the accountant."""
+        raise ProtocolError("this site does not send validation metrics in the clear",
+                            hint="Evaluate an accepted version locally: fl-client evaluate vN.")
 
     def _epoch_reporter(self, round_number: int) -> Callable[[int, float, float], None] | None:
         if self.progress is None:
@@ -178,6 +161,7 @@ def build_site_client(
     image_size: int,
     dp: DPConfig,
     ledger: PrivacyLedger,
+    terms: RequestTerms,
     trainable_blocks: int = 0,
     weights: Weights = None,
     cache_dir: Path | None = None,
@@ -203,6 +187,7 @@ def build_site_client(
         dp=dp,
         ledger=ledger,
         fingerprint=backbone_fingerprint(classifier.full),
+        terms=terms,
         extra_fit_metrics=extra_fit_metrics,
         progress=progress,
     )

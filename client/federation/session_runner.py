@@ -1,8 +1,9 @@
 """The site's side of an approved session: from a request id to a finished Flower client.
 
-It asks the request socket for the session ticket (port, per-session secret, config), builds
-the classifier the session's model spec describes, and runs the Flower client that trains with
-the DP parameters of the site's own request, until the server ends the session.
+It asks the request socket for the session ticket (port, per-session secret, config and this
+site's own plan: schedule, effective budget, the admin's no-DP grant), builds the classifier the
+session's model spec describes, and runs the Flower client, which accepts only schedules that
+match the site's own request, until the server ends the session.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def train_for_request(
     ticket = connection.wait_for_approval(request, timeout=approval_timeout_s)
     if on_approved is not None:
         on_approved(ticket)
-    join_session(ticket, profile, dp=dict(view.dp), listen_timeout_s=listen_timeout_s, progress=progress)
+    join_session(ticket, profile, request=view, listen_timeout_s=listen_timeout_s, progress=progress)
     return ticket
 
 
@@ -45,18 +46,18 @@ def join_session(
     ticket: protocol.SessionTicket,
     profile: SiteProfile,
     *,
-    dp: dict,
+    request: protocol.RequestView,
     listen_timeout_s: float = 60.0,
     progress=None,
 ) -> None:
-    """Build the session's classifier with the site's DP settings and run the Flower client."""
+    """Build the session's classifier with the site's ledger and request terms and run the Flower client."""
     # TensorFlow and Flower load only when a site actually trains: the menu stays quick.
     from flwr.client import start_client
 
     from client.federation.flower_client import build_site_client
     from client.federation.secure_aggregation import SecureAggregationClient
     from client.training.dp_training import DPConfig
-    from client.training.ledger import PrivacyLedger
+    from client.training.privacy_contract import RequestTerms, site_ledger
 
     # Flower sets its logger to DEBUG when imported; its chatter would break the live display.
     logging.getLogger("flwr").setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -70,9 +71,9 @@ def join_session(
         trainable_blocks=int(spec.get("trainable_blocks", 0)),
         seed=int(spec.get("seed", 0)),
         weights=profile.backbone_weights,
-        dp=DPConfig(**dp),
-        ledger=PrivacyLedger(profile.ledger_path, max_epsilon=profile.budget_epsilon, delta=profile.budget_delta,
-                             allow_no_dp=profile.allow_no_dp),
+        dp=DPConfig(**request.dp),
+        ledger=site_ledger(profile, ticket.config.get("site")),
+        terms=RequestTerms.of(request.rounds, request.local_epochs, request.dp, request.declaration),
         cache_dir=profile.cache_dir,
         extra_fit_metrics={"site": profile.site, "session_secret": ticket.secret},
         progress=progress,

@@ -101,10 +101,15 @@ class SiteConnection:
     # -------------------------------------------------------------- requests
 
     def submit_request(
-        self, rounds: int, local_epochs: int, dp: dict[str, Any], note: str = ""
+        self, rounds: int, local_epochs: int, dp: dict[str, Any], note: str = "",
+        declaration: dict[str, Any] | None = None,
     ) -> p.RequestView:
-        """Queue a training request; it stays PENDING until the admin decides."""
-        result = self._call("submit_request", rounds=rounds, local_epochs=local_epochs, dp=dp, note=note)
+        """Queue a training request; it stays PENDING until the admin decides.
+
+        ``declaration`` (``protocol.DataDeclaration``): the count and budget the server plans with.
+        """
+        extra = {} if declaration is None else {"declaration": declaration}
+        result = self._call("submit_request", rounds=rounds, local_epochs=local_epochs, dp=dp, note=note, **extra)
         return result  # type: ignore[return-value]
 
     def request_status(self, request: str | int) -> p.RequestView:

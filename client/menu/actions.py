@@ -20,20 +20,22 @@ from client.menu.evaluation import Evaluation, evaluate_model_file, evaluate_wei
 from client.site_profile import SiteProfile, save_profile
 from shared import protocol
 from shared.dataset_layout import DatasetScan, scan_dataset
-from shared.errors import ConfigError, NotFoundError, PrivacyBudgetExceeded
+from shared.errors import ConfigError, NotFoundError
 from shared.progress import report
 from shared.settings import Settings
 
 #: ``progress(round, epoch, loss, accuracy)``, called after every local epoch.
 ProgressCallback = Callable[[int, int, float, float], None]
 
-#: Batch size assumed when a request's privacy cost is estimated before the admin decides.
-PLANNING_BATCH_SIZE = 16
-VALIDATION_FRACTION = 0.2
-
-
 def setup_site(settings: Settings, **fields: Any) -> SiteProfile:
-    """Create or replace the site's profile (server, token, data folder, budget)."""
+    """Create or replace the site's profile (server, token, data folder, budget, declarations).
+
+    A budget delta above 1/(10 n) for the site's n training images is refused. Re-running it
+    never raises what the server enforces: the server caps every session at the lower of this
+    budget and the admin's enrolment budget, in its own ledger.
+    """
+    from client.training.privacy_contract import check_deltas
+
     site = fields["site"]
     try:
         profile = SiteProfile(state_dir=settings.site_dir(site), **fields)
@@ -41,6 +43,7 @@ def setup_site(settings: Settings, **fields: Any) -> SiteProfile:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"cannot set up site '{site}': {problems}", hint="Check the values and try again.") from None
     scan_dataset(profile.data_root)  # a wrong folder layout is refused now, not at training time
+    check_deltas(profile)
     save_profile(settings, profile)
     return profile
 
@@ -55,32 +58,36 @@ def dataset_summary(profile: SiteProfile) -> DatasetScan:
     return scan_dataset(profile.data_root)
 
 
-def privacy_status(profile: SiteProfile) -> dict[str, float]:
-    """Spent (composed over every recorded run), budget and remaining epsilon at the budget's delta."""
+def privacy_status(profile: SiteProfile) -> dict[str, Any]:
+    """Spent (all recorded runs composed; PLD, RDP beside it), budget and remaining at the budget's delta,
+    the privacy unit, and the patient-level (group privacy) figures when slices per patient are declared."""
+    from shared.privacy_accounting import IMAGE_UNIT, PATIENT_UNIT
+
     ledger = _ledger(profile)
-    spent = ledger.spent()
-    return {"spent": spent, "budget": ledger.max_epsilon, "remaining": max(0.0, ledger.max_epsilon - spent),
-            "delta": ledger.delta}
+    spent = ledger.spent_both()
+    k = profile.max_slices_per_patient
+    patients = spent.for_patients(k)
+    return {"spent": spent.epsilon, "spent_rdp": spent.epsilon_rdp, "budget": ledger.max_epsilon,
+            "remaining": max(0.0, ledger.max_epsilon - spent.epsilon), "delta": ledger.delta, "unit": IMAGE_UNIT,
+            **({"patient_unit": PATIENT_UNIT.format(k=k), "patient_epsilon": patients[0],
+                "patient_delta": patients[1]} if patients else {})}
 
 
 def planned_epsilon(profile: SiteProfile, *, rounds: int, local_epochs: int, dp: dict[str, Any]) -> float:
-    """Refuse a request whose training would exceed the budget; return the total it would leave.
+    """Refuse a request whose training would exceed the budget (or break delta <= 1/(10 n)); return the
+    total it would leave. Planned like the server plans it, with ``PLANNING_BATCH_SIZE``; the server
+    decides the real schedule at approval and every round is checked again before it trains.
 
-    The estimate uses the local training-set size and ``PLANNING_BATCH_SIZE``; every round is
-    checked again against the ledger before it trains, with the session's real batch size.
+    A request without noise passes here: only the admin can grant it (at enrolment), and the
+    server refuses it otherwise.
     """
-    from shared.privacy_accounting import dp_sgd_event, noise_for_target_epsilon
+    from client.training.privacy_contract import planned_event
+    from shared.privacy_accounting import epsilon_for
 
-    n_train = max(1, math.floor(dataset_summary(profile).total * (1 - VALIDATION_FRACTION)))
-    epochs = rounds * local_epochs
-    delta = float(dp.get("delta", profile.budget_delta))
-    noise = dp.get("noise_multiplier")
-    if noise is None:
-        noise = noise_for_target_epsilon(float(dp["target_epsilon"]), delta, n_train, PLANNING_BATCH_SIZE, epochs)
-    if float(noise) <= 0 and not profile.allow_no_dp:
-        raise PrivacyBudgetExceeded("training without noise has no finite epsilon and would exceed any budget",
-                                    hint="Only a site set up with allow_no_dp (benchmarks) may train without DP.")
-    return _ledger(profile).check_run(dp_sgd_event(float(noise), n_train, PLANNING_BATCH_SIZE, epochs))
+    event = planned_event(profile, rounds=rounds, local_epochs=local_epochs, dp=dp)
+    if math.isinf(epsilon_for(event, profile.budget_delta)):
+        return math.inf
+    return _ledger(profile).check_run(event)
 
 
 def dp_request(profile: SiteProfile, *, target_epsilon: float | None, noise: float | None,
@@ -97,10 +104,13 @@ def dp_request(profile: SiteProfile, *, target_epsilon: float | None, noise: flo
 def request_training(
     profile: SiteProfile, *, rounds: int, local_epochs: int, dp: dict[str, Any], note: str = ""
 ) -> protocol.RequestView:
-    """Check the privacy budget locally, then queue the request with the server."""
+    """Check the privacy budget locally, then queue the request, with the site's declaration, with the server."""
+    from client.training.privacy_contract import declaration
+
     planned_epsilon(profile, rounds=rounds, local_epochs=local_epochs, dp=dp)
     with connect(profile) as connection:
-        return connection.submit_request(rounds=rounds, local_epochs=local_epochs, dp=dp, note=note)
+        return connection.submit_request(rounds=rounds, local_epochs=local_epochs, dp=dp, note=note,
+                                         declaration=declaration(profile))
 
 
 def my_requests(profile: SiteProfile) -> list[protocol.RequestView]:
@@ -190,7 +200,6 @@ def _log_version(profile: SiteProfile, entry: dict[str, Any]) -> None:
 
 
 def _ledger(profile: SiteProfile) -> Any:
-    from client.training.ledger import PrivacyLedger
+    from client.training.privacy_contract import site_ledger
 
-    return PrivacyLedger(profile.ledger_path, max_epsilon=profile.budget_epsilon, delta=profile.budget_delta,
-                         allow_no_dp=profile.allow_no_dp)
+    return site_ledger(profile)

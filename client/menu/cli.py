@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     setup_parser.add_argument("--tls-ca", type=Path, help="the federation's ca.pem when the server uses TLS")
     setup_parser.add_argument("--tls-cert", type=Path, help="this site's certificate, when the server wants mutual TLS")
     setup_parser.add_argument("--tls-key", type=Path, help="the key of --tls-cert")
+    setup_parser.add_argument("--count-public", action="store_true",
+                              help="send the exact training-image count (default: rounded up to a bucket)")
+    setup_parser.add_argument("--slices-per-patient", type=int,
+                              help="most MRI slices of one patient; views then show patient-level epsilon")
 
     request = commands.add_parser("request", help="send a training request")
     request.add_argument("--rounds", type=int, default=3)

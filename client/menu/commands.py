@@ -43,7 +43,8 @@ def setup(args: argparse.Namespace, settings: Settings) -> int:
             settings, site=args.site, token=token, data_root=args.data, server_host=host, server_port=port,
             budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta,
             backbone_weights=args.backbone_weights, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
-            tls_key=args.tls_key)
+            tls_key=args.tls_key, count_public=args.count_public,
+            max_slices_per_patient=args.slices_per_patient)
     print_setup(console, profile)
     return 0
 

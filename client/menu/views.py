@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 
 from client.menu.evaluation import Evaluation
@@ -42,12 +42,14 @@ def notifications_table(notes: list[protocol.NotificationView]) -> Table:
 
 
 def versions_table(versions: list[protocol.VersionView]) -> Table:
+    """Aggregates only: how many sites took part (and whether this one did), never who the others are."""
     table = narrow_table("Model updates available to this site", "ver", "kind", "from", "rnd", "sites", "val. acc",
                    "sha256")
     for v in versions:
         accuracy = v.metrics.get("evaluate", {}).get("accuracy")
-        table.add_row(v.label, v.kind, ", ".join(f"v{p}" for p in v.parents), str(v.rounds),
-                      ", ".join(v.participants), f"{accuracy:.1%}" if accuracy is not None else "", v.sha256[:12])
+        sites = f"{v.sites}" + (" incl. this site" if v.participants else "")
+        table.add_row(v.label, v.kind, ", ".join(f"v{p}" for p in v.parents), str(v.rounds), sites,
+                      f"{accuracy:.1%}" if accuracy is not None else "not evaluated", v.sha256[:12])
     return table
 
 
@@ -72,11 +74,18 @@ def print_skipped(out: Console, root: Path, skipped: list[SkippedFile]) -> None:
         print_unwrapped(out, f"  {name}: {item.reason}")
 
 
-def privacy_table(status: dict[str, float]) -> Table:
-    table = narrow_table(f"Privacy budget (delta {status['delta']:g}, all runs composed)", "spent epsilon", "budget",
-                   "remaining", right=("spent epsilon", "budget", "remaining"))
-    table.add_row(f"{status['spent']:.3f}", f"{status['budget']:.3f}", f"{status['remaining']:.3f}")
-    return table
+def privacy_table(status: dict[str, Any]) -> Group:
+    """Spent (PLD, RDP cross-check), budget, remaining at the budget's delta; patient level if declared."""
+    table = narrow_table(f"Privacy budget (delta {status['delta']:g}, all runs composed)", "spent epsilon (PLD)",
+                         "RDP check", "budget", "remaining", right=("spent epsilon (PLD)", "RDP check", "budget",
+                                                                    "remaining"))
+    table.add_row(f"{status['spent']:.3f}", f"{status['spent_rdp']:.3f}", f"{status['budget']:.3f}",
+                  f"{status['remaining']:.3f}")
+    lines: list[Any] = [table, f"unit: {status['unit']}"]
+    if "patient_epsilon" in status:
+        lines.append(f"patient level ({status['patient_unit']}): epsilon {status['patient_epsilon']:.3f} "
+                     f"at delta {status['patient_delta']:.3g}")
+    return Group(*lines)
 
 
 def version_log_table(entries: list[dict[str, Any]]) -> Table:

@@ -1,6 +1,8 @@
 """Training on the site's own images, which never leave it: loading and checking images
-(``data``), DP-SGD with TF-Privacy (``dp_training``), the site's privacy ledger (``ledger``;
-the accounting itself is ``shared.privacy_accounting``, which the server uses too), cached backbone features (``feature_cache``), the
+(``data``), DP-SGD with TF-Privacy (``dp_training``), the site's hash-chained privacy ledger
+(``ledger``; the accounting itself is ``shared.privacy_accounting``, which the server uses too),
+what the site declares and which DP schedules it accepts (``privacy_contract``), cached backbone
+features (``feature_cache``), the
 fast ResNet stages (``resnet_stages``), saved model files (``model_files``) and the stand-in
 backbone's pretraining (``backbone_pretraining``).
 

@@ -16,7 +16,12 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from shared.dataset_layout import CLASS_NAMES, SkippedFile, scan_dataset
+from shared.dataset_layout import (
+    CLASS_NAMES,
+    SkippedFile,
+    scan_dataset,
+    validation_size,
+)
 from shared.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -88,19 +93,13 @@ def decode_image(path: Path, image_size: int) -> np.ndarray:
 def stratified_split(
     labels: np.ndarray, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation indices with each class split in the same proportion.
-
-    A class with at least two images always keeps one for training and gives one to validation
-    (when ``val_fraction > 0``), so small sites still validate on every class they have.
-    """
+    """Train and validation indices with each class split in the same proportion (``validation_size``)."""
     rng = np.random.default_rng(seed)
     train: list[np.ndarray] = []
     val: list[np.ndarray] = []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
-        n_val = round(len(members) * val_fraction)
-        if val_fraction > 0 and len(members) >= 2:
-            n_val = min(max(n_val, 1), len(members) - 1)
+        n_val = validation_size(len(members), val_fraction)
         val.append(members[:n_val])
         train.append(members[n_val:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))

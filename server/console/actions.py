@@ -54,11 +54,12 @@ def pending_requests(store: Store) -> list[RequestInfo]:
 
 
 def approval_defaults(store: Store, request_ids: Iterable[int | str]) -> ApprovalOptions:
-    """Rounds and epochs the requests asked for (the largest), one client per request."""
+    """The fewest rounds any request asked for (no site trains more rounds than it asked), the most
+    epochs (a cap: each site trains at most its own), one client per request."""
     requests = [store.get_request(r) for r in request_ids]
     if not requests:
         raise StoreError("choose at least one request to approve")
-    return replace(ApprovalOptions(), rounds=max(r.rounds for r in requests),
+    return replace(ApprovalOptions(), rounds=min(r.rounds for r in requests),
                    local_epochs=max(r.local_epochs for r in requests), min_clients=len(requests))
 
 

@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     enrol.add_argument("--budget-delta", type=float, default=1e-5)
     enrol.add_argument("--issue-cert", type=Path, metavar="CA_DIR",
                        help="also issue the site's client certificate (mutual TLS) with the CA in CA_DIR")
+    enrol.add_argument("--allow-no-dp", action="store_true",
+                       help="let this site train without noise (no finite epsilon; benchmarks only)")
     commands.add_parser("disable", help="disable a site and revoke its live session secrets").add_argument("site")
     commands.add_parser("enable", help="re-enable a disabled site").add_argument("site")
     commands.add_parser("rotate-token", help="give a site a new token; the old one stops working").add_argument("site")
@@ -49,8 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--site")
     approve = commands.add_parser("approve", help="approve requests into one session")
     approve.add_argument("requests", nargs="+", help="request ids, e.g. 3 4 or REQ-3")
-    approve.add_argument("--rounds", type=int, help="default: the most any request asked for")
-    approve.add_argument("--local-epochs", type=int, help="default: the most any request asked for")
+    approve.add_argument("--rounds", type=int, help="default and maximum: the fewest any request asked for")
+    approve.add_argument("--local-epochs", type=int, help="cap on each site's own epochs (default: no cap)")
     approve.add_argument("--mu", type=float, default=0.01, help="FedProx proximal mu (0 = FedAvg)")
     approve.add_argument("--min-clients", type=int, help="default: one per request")
     approve.add_argument("--join-timeout", type=float, default=300.0, help="seconds for sites to connect")
@@ -74,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     stop.add_argument("--reason", default="stopped by the admin")
     commands.add_parser("history", help="every request and session with its outcome")
     commands.add_parser("stats", help="per-site and per-version statistics")
+    commands.add_parser("privacy", help="the server's privacy ledger: what each site was charged")
 
     commands.add_parser("versions", help="model versions")
     commands.add_parser("version", help="one version's lineage, rounds, privacy").add_argument("number", type=version_number)

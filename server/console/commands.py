@@ -18,6 +18,7 @@ from rich.markup import escape
 from server.console import actions, views
 from server.console.monitor import watch
 from server.console.statistics import statistics
+from server.history.privacy_views import ledger_view
 from server.history.queries import version_details
 from server.sessions.manager import ApprovalOptions, SessionEvent, SessionManager
 from server.socket.request_socket import RequestServerThread
@@ -77,7 +78,8 @@ def _serve(args: argparse.Namespace, store: Store, settings: Settings) -> int:
 
 
 def _enrol(args: argparse.Namespace, store: Store, settings: Settings) -> int:
-    token = store.enrol_site(args.site, budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta)
+    token = store.enrol_site(args.site, budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta,
+                             allow_no_dp=args.allow_no_dp)
     print_token(console, args.site, token)
     if args.issue_cert is not None:
         site_cert = issue_site_certificate(args.issue_cert, args.site)
@@ -147,6 +149,7 @@ def _approve(args: argparse.Namespace, store: Store, settings: Settings) -> int:
     manager = SessionManager(store, settings)
     session = actions.approve(manager, args.requests, options)
     print_unwrapped(console, approved_text(session, manager))  # it ends with the session log's path
+    console.print(views.approval_view(session, store.privacy_charges(session_id=session.id)))
     if not args.wait:
         return 0
     session = _wait_showing_rounds(manager, store, session)
@@ -202,6 +205,11 @@ def _history(args: argparse.Namespace, store: Store, settings: Settings) -> int:
 
 def _stats(args: argparse.Namespace, store: Store, settings: Settings) -> int:
     console.print(views.statistics_view(statistics(store)))
+    return 0
+
+
+def _privacy(args: argparse.Namespace, store: Store, settings: Settings) -> int:
+    console.print(ledger_view(store.privacy_charges(), store.list_sites()))
     return 0
 
 
@@ -277,7 +285,8 @@ COMMANDS: dict[str, Handler] = {
     "init": _init, "serve": _serve, "enrol": _enrol, "disable": _disable, "enable": _enable,
     "rotate-token": _rotate_token, "sites": _sites,
     "requests": _requests, "approve": _approve, "reject": _reject, "requeue": _requeue,
-    "sessions": _sessions, "stop": _stop, "history": _history, "stats": _stats, "versions": _versions,
+    "sessions": _sessions, "stop": _stop, "history": _history, "stats": _stats, "privacy": _privacy,
+    "versions": _versions,
     "version": _version, "export": _export, "rollback": _rollback, "cleanup": _cleanup, "audit": _audit,
     "analyst-token": _analyst_token,
 }

@@ -52,6 +52,7 @@ def approve(ctx: AdminContext) -> None:
     with deferred_interrupt():
         session = actions.approve(ctx.manager, chosen, options)
     ctx.console.print(approved_text(session, ctx.manager))
+    ctx.console.print(views.approval_view(session, ctx.store.privacy_charges(session_id=session.id)))
 
 
 def _request_title(r: RequestInfo) -> str:

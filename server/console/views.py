@@ -13,6 +13,7 @@ from rich.table import Table
 
 from server.console.actions import SessionProgress
 from server.console.statistics import Statistics
+from server.history.privacy_views import eps_text
 from server.history.version_views import (  # noqa: F401  (re-exported for the console)
     lineage_tree,
     percent,
@@ -23,12 +24,14 @@ from server.history.version_views import (  # noqa: F401  (re-exported for the c
 )
 from server.store.analysts import AnalystInfo
 from server.store.records import (
+    ChargeInfo,
     CleanupReport,
     RequestInfo,
     RoundInfo,
     SessionInfo,
     SiteInfo,
 )
+from shared.privacy_accounting import IMAGE_UNIT
 from shared.terminal import narrow_table, untrusted
 
 
@@ -49,35 +52,52 @@ def requests_table(requests: list[RequestInfo], title: str = "Training requests"
     return table
 
 
-def _evaluated(rounds: list[RoundInfo]) -> list[RoundInfo]:
-    return [r for r in rounds if r.phase == "evaluate"]
+def _done(rounds: list[RoundInfo]) -> list[RoundInfo]:
+    """Completed rounds (their fit phase; there is no evaluate phase, see ``server.sessions.fedprox``)."""
+    return [r for r in rounds if r.phase == "fit"]
+
+
+def _accuracy(rounds: list[RoundInfo]) -> str:
+    evaluated = [r for r in rounds if r.phase == "evaluate"]
+    return percent(evaluated[-1].metrics.get("accuracy")) if evaluated else "not evaluated"
 
 
 def sessions_table(progress: list[SessionProgress], title: str = "Sessions") -> Table:
     table = narrow_table(title, "sess", "state", "sites", "port", "round", "acc", "from", "result", "reason")
     for p in progress:
-        s, done = p.session, _evaluated(p.rounds)
+        s, done = p.session, _done(p.rounds)
         table.add_row(str(s.id), s.state.value, ", ".join(s.participants), str(s.port or ""),
-                      f"{len(done)} of {s.config.get('rounds', '?')}",
-                      percent(done[-1].metrics.get("accuracy") if done else None), f"v{s.base_version}",
-                      f"v{s.version_number}" if s.version_number is not None else "", untrusted(s.reason))
+                      f"{len(done)} of {s.config.get('rounds', '?')}", _accuracy(p.rounds) if done else "",
+                      f"v{s.base_version}", f"v{s.version_number}" if s.version_number is not None else "",
+                      untrusted(s.reason))
     return table
 
 
 def live_sessions_table(progress: list[SessionProgress]) -> Table:
-    """Active sessions: round k of n, who takes part and the last metrics, for the live display."""
+    """Active sessions: round k of n, who takes part and how many sent updates, for the live display."""
     table = narrow_table("Active sessions (any key or Ctrl-C returns)", "sess", "state", "round", "sites",
-                   "last fit loss", "last val. acc", "running for")
+                   "last round: updates", "running for")
     for p in progress:
         s = p.session
-        fits = [r for r in p.rounds if r.phase == "fit"]
-        done = _evaluated(p.rounds)
-        loss = fits[-1].metrics.get("loss") if fits else None
+        done = _done(p.rounds)
+        updates = f"{done[-1].metrics.get('sites', '')} of {len(s.participants)}" if done else ""
         table.add_row(str(s.id), s.state.value, f"{len(done)} of {s.config.get('rounds', '?')}",
-                      ", ".join(s.participants), f"{loss:.4f}" if loss is not None else "",
-                      percent(done[-1].metrics.get("accuracy") if done else None), _elapsed(s))
+                      ", ".join(s.participants), updates, _elapsed(s))
     if not progress:
-        table.add_row("", "no active session", "", "", "", "", "")
+        table.add_row("", "no active session", "", "", "", "")
+    return table
+
+
+def approval_view(session: SessionInfo, charges: list[ChargeInfo]) -> Table:
+    """What each site of a new session will train and what the server's ledger charged for it."""
+    table = narrow_table(f"Session {session.id}: DP schedules sent (server ledger; {IMAGE_UNIT}; PLD)", "site",
+                         "rounds", "epochs", "images", "sigma", "q", "steps", "eps session", "eps total", "budget")
+    plans = session.config.get("sites", {})
+    for c in charges:
+        plan, s = plans.get(c.site, {}), c.schedule
+        table.add_row(c.site, str(c.rounds), str(plan.get("local_epochs", "")), str(c.examples),
+                      f"{s['noise_multiplier']:.3f}", f"{s['sampling_rate']:.4f}", str(s["steps"]),
+                      eps_text(c.epsilon), eps_text(c.total_epsilon), f"{c.budget_epsilon:g}")
     return table
 
 
@@ -95,13 +115,13 @@ def history_view(requests: list[RequestInfo], sessions: list[SessionProgress]) -
 
 
 def statistics_view(stats: Statistics) -> Group:
-    """Per site (max eps: largest one-session spend; eps total: the site's latest composed total)
-    and per version."""
+    """Per site (server ledger: max eps the largest one-session charge, eps total the latest composed
+    total) and per version."""
     sites = narrow_table("Per site", "site", "requests", "done", "rejected", "sessions", "examples",
                    "max eps", "eps total", right=("requests", "done", "rejected", "sessions", "examples"))
     for s in stats.sites:
         sites.add_row(s.site, str(s.requests), str(s.completed), str(s.rejected), str(s.sessions), str(s.examples),
-                      _eps(s.max_session_epsilon), _eps(s.latest_total_epsilon))
+                      _eps(s.max_session_epsilon), "inf (no DP)" if s.without_dp else _eps(s.latest_total_epsilon))
     versions = narrow_table("Per version", "ver", "kind", "sites", "examples", "val. acc", "val. loss",
                       right=("sites", "examples"))
     for v in stats.versions:
@@ -115,10 +135,10 @@ def _eps(value: float | None) -> str:
 
 
 def sites_table(sites: list[SiteInfo]) -> Table:
-    table = narrow_table("Sites", "site", "enabled", "budget eps", "delta", "enrolled")
+    table = narrow_table("Sites", "site", "enabled", "budget eps", "delta", "no DP", "enrolled")
     for s in sites:
         table.add_row(s.name, "yes" if s.enabled else "no", f"{s.budget_epsilon:g}", f"{s.budget_delta:g}",
-                      _when(s.created_at))
+                      "allowed" if s.allow_no_dp else "", _when(s.created_at))
     return table
 
 

@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("a", type=version_number)
     compare.add_argument("b", type=version_number)
     commands.add_parser("sites", help="per-site contribution and epsilon over time")
+    commands.add_parser("privacy", help="the server's privacy ledger per site (PLD, RDP cross-check)")
     export = commands.add_parser("export", help="versions, rounds, sites as CSV or JSON files")
     export.add_argument("--format", choices=FORMATS, default="csv")
     export.add_argument("--out", type=Path, required=True, help="folder for the files")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from server.history import version_views
+from server.history import privacy_views, version_views
 from server.history import views as history_views
 from server.history.export import export
 from server.history.plots import write_plots
@@ -56,6 +56,10 @@ def show_sites(out: Console, store: Store) -> None:
     contributions = site_contributions(store)
     out.print(history_views.sites_view(contributions))
     out.print(history_views.epsilon_timeline_table(contributions))
+
+
+def show_privacy(out: Console, store: Store) -> None:
+    out.print(privacy_views.ledger_view(store.privacy_charges(), store.list_sites()))
 
 
 def write_export(out: Console, store: Store, directory: Path, fmt: str) -> list[Path]:
@@ -104,6 +108,11 @@ def _sites(args: argparse.Namespace, store: Store, out: Console) -> int:
     return 0
 
 
+def _privacy(args: argparse.Namespace, store: Store, out: Console) -> int:
+    show_privacy(out, store)
+    return 0
+
+
 def _export(args: argparse.Namespace, store: Store, out: Console) -> int:
     write_export(out, store, args.out, args.format)
     return 0
@@ -116,5 +125,5 @@ def _plot(args: argparse.Namespace, store: Store, out: Console) -> int:
 
 COMMANDS: dict[str, Handler] = {
     "versions": _versions, "lineage": _lineage, "show": _show, "rounds": _rounds, "compare": _compare,
-    "sites": _sites, "export": _export, "plot": _plot,
+    "sites": _sites, "privacy": _privacy, "export": _export, "plot": _plot,
 }

@@ -47,7 +47,7 @@ def rounds_figure(rows: list[RoundRow]) -> Figure:
 
 
 def epsilon_figure(contributions: list[SiteContribution]) -> Figure:
-    """Each site's composed epsilon after every fit round it took part in, over time."""
+    """Each site's composed epsilon (server ledger, PLD) after every session it was charged for, over time."""
     fig = Figure(figsize=(8, 4), layout="constrained")
     axes = fig.subplots()
     for c in contributions:
@@ -55,7 +55,7 @@ def epsilon_figure(contributions: list[SiteContribution]) -> Figure:
         if finite:
             axes.plot([p.recorded_at for p in finite], [p.epsilon_total for p in finite], marker="o",
                       label=c.site + (" (also trained without DP)" if c.without_dp else ""))
-    axes.set(xlabel="time of report", ylabel="epsilon spent (composed total)",
+    axes.set(xlabel="time of approval", ylabel="epsilon spent (composed total, PLD)",
              title="Privacy spent per site over time")
     if axes.get_legend_handles_labels()[0]:
         axes.legend(fontsize="small")
@@ -69,7 +69,7 @@ def load_study(path: Path) -> dict[str, Any]:
 
 
 def privacy_utility_figure(study: dict[str, Any]) -> Figure:
-    """Final validation accuracy against the target epsilon (log axis); no DP as a dashed line."""
+    """Final accuracy (the study scores held-out images) against the target epsilon (log axis); no DP dashed."""
     fig = Figure(figsize=(7, 4), layout="constrained")
     axes = fig.subplots()
     private = sorted((r for r in study["rows"] if r["epsilon"] is not None), key=lambda r: r["epsilon"])
@@ -80,7 +80,7 @@ def privacy_utility_figure(study: dict[str, Any]) -> Figure:
     axes.axhline(study.get("chance", CHANCE), color="grey", linestyle=":", label="chance")
     if private:  # a study of the no-DP baseline alone has nothing to put on a log axis
         axes.set_xscale("log")
-    axes.set(xlabel="target epsilon per site (log scale)", ylabel="final validation accuracy",
+    axes.set(xlabel="target epsilon per site (log scale)", ylabel="final accuracy (held-out)",
              title="Privacy-utility trade-off", ylim=(0, 1))
     axes.legend(fontsize="small")
     return fig

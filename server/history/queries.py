@@ -2,7 +2,8 @@
 
 Every function only reads; the records it returns are plain dataclasses that the views, the
 plots and the export share, so all three show the same numbers. Privacy is never summed across
-sessions (DP spends compose): a site's "total" is the latest composed total its ledger reported.
+sessions (DP spends compose): a site's "total" is the latest composed total in the server's own
+privacy ledger, computed from the schedules it approved (never from what a site reported).
 """
 
 from __future__ import annotations
@@ -42,14 +43,16 @@ class RoundRow:
 
 @dataclass(frozen=True)
 class EpsilonPoint:
-    """One privacy report of a site: after a fit round of a session."""
+    """One charge of the server's privacy ledger: a site's whole session, at approval (PLD epsilons)."""
 
     site: str
     session_id: int
-    round_number: int
+    rounds: int
     recorded_at: datetime
-    epsilon: float | None  # this session so far; None = no finite epsilon (trained without DP)
-    epsilon_total: float | None  # the site's whole ledger, composed
+    epsilon: float | None  # this session; None = no finite epsilon (trained without DP)
+    epsilon_total: float | None  # the site's ledger composed up to this session
+    epsilon_total_rdp: float | None  # the RDP cross-check of that total
+    delta: float
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class SiteContribution:
 
     @property
     def without_dp(self) -> bool:
-        """A report with no finite epsilon means that site trained without noise at least once."""
+        """A charge with no finite epsilon means that site trained without noise at least once."""
         return any(p.epsilon is None for p in self.points)
 
 
@@ -162,7 +165,7 @@ def _number(value: Any) -> float | None:
 
 
 def site_contributions(store: Store) -> list[SiteContribution]:
-    """Per enrolled (or participating) site: its sessions, versions, examples and epsilon reports."""
+    """Per enrolled (or participating) site: its sessions, versions, examples and ledger charges."""
     versions_by_session = {v.session_id: v.number for v in store.list_versions() if v.session_id is not None}
     points: dict[str, list[EpsilonPoint]] = {}
     examples: dict[str, dict[int, int]] = {}
@@ -171,17 +174,17 @@ def site_contributions(store: Store) -> list[SiteContribution]:
             if r.phase != "fit":
                 continue
             for site, report in r.per_site.items():
-                points.setdefault(site, []).append(EpsilonPoint(
-                    site, session.id, r.round_number, r.recorded_at,
-                    _number(report.get("epsilon")), _number(report.get("epsilon_total"))))
                 examples.setdefault(site, {})[session.id] = int(report.get("examples", 0) or 0)
+    for c in store.privacy_charges():
+        points.setdefault(c.site, []).append(EpsilonPoint(
+            c.site, c.session_id, c.rounds, c.created_at, c.epsilon, c.total_epsilon, c.total_epsilon_rdp, c.delta))
     names = sorted({s.name for s in store.list_sites()} | set(points))
     return [SiteContribution(
         site=name,
         sessions=sorted(examples.get(name, {})),
         versions=sorted(versions_by_session[s] for s in examples.get(name, {}) if s in versions_by_session),
         examples=sum(examples.get(name, {}).values()),
-        points=sorted(points.get(name, []), key=lambda p: (p.recorded_at, p.session_id, p.round_number)),
+        points=sorted(points.get(name, []), key=lambda p: (p.recorded_at, p.session_id)),
     ) for name in names]
 
 

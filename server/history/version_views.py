@@ -11,6 +11,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.tree import Tree
 
+from server.history.privacy_views import ACCOUNTING_NOTE, version_privacy_table
 from server.history.queries import VersionDetails
 from server.store.records import RoundInfo, VersionInfo
 from shared.terminal import narrow_table
@@ -21,6 +22,14 @@ def percent(value: float | None) -> str:
     return f"{value:.1%}" if value is not None else ""
 
 
+def validation_text(version: VersionInfo) -> str:
+    """Validation accuracy, or "not evaluated": sites send no validation metrics in the clear."""
+    evaluate = version.metrics.get("evaluate")
+    if not evaluate:
+        return "not evaluated" if version.session_id is not None else ""
+    return percent(evaluate.get("accuracy"))
+
+
 def versions_table(versions: list[VersionInfo]) -> Table:
     """One row per version; merge weights and dates are in the details (lineage tree)."""
     table = narrow_table("Model versions", "ver", "kind", "from", "sess", "sites", "rnd", "val. acc", "released to",
@@ -28,7 +37,7 @@ def versions_table(versions: list[VersionInfo]) -> Table:
     for v in versions:
         table.add_row(v.label + ("" if v.has_weights else " pruned"), v.kind, ", ".join(f"v{p}" for p in v.parents),
                       str(v.session_id or ""), ", ".join(v.participants), str(v.rounds),
-                      percent(v.metrics.get("evaluate", {}).get("accuracy")), ", ".join(v.released_to),
+                      validation_text(v), ", ".join(v.released_to),
                       v.sha256[:8])
     return table
 
@@ -52,17 +61,15 @@ def rounds_table(rounds: list[RoundInfo], title: str = "Per-round metrics") -> T
     table = narrow_table(title, "round", "phase", "loss", "acc", "examples", "sites", right=("loss", "acc", "examples"))
     for r in rounds:
         m = r.metrics
-        table.add_row(str(r.round_number), r.phase, f"{m.get('loss', float('nan')):.4f}",
+        loss = m.get("loss")
+        table.add_row(str(r.round_number), r.phase, f"{loss:.4f}" if loss is not None else "",
                       percent(m.get("accuracy")), str(m.get("examples", "")), ", ".join(sorted(r.per_site)))
     return table
 
 
-def privacy_table(dp_summary: dict[str, Any], title: str = "Privacy reported by the sites") -> Table:
-    table = narrow_table(title, "site", "epsilon (session)", "delta", "noise mult.", "examples")
-    for site, report in sorted(dp_summary.items()):
-        table.add_row(site, f"{report.get('epsilon', float('nan')):.3f}", f"{report.get('delta', 0):g}",
-                      f"{report.get('noise_multiplier', float('nan')):.3f}", str(report.get("examples", "")))
-    return table
+def privacy_table(dp_summary: dict[str, Any]) -> Group:
+    """A version's privacy: the server ledger's charge for its session, per site, and what it means."""
+    return Group(version_privacy_table(dp_summary), ACCOUNTING_NOTE)
 
 
 def version_details_view(details: VersionDetails) -> Group:

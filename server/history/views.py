@@ -45,7 +45,7 @@ def comparison_view(c: VersionComparison) -> Group:
     metrics.add_row("parents", _parents(c.a), _parents(c.b), "")
     people = (f"participants: both {', '.join(c.both) or '-'}; only {a}: {', '.join(c.only_a) or '-'}; "
               f"only {b}: {', '.join(c.only_b) or '-'}")
-    privacy = narrow_table("Privacy reported per site (epsilon of that session)", "site", a, b)
+    privacy = narrow_table("Privacy per site (server ledger: epsilon of that session)", "site", a, b)
     for site in sorted(set(c.a.dp_summary) | set(c.b.dp_summary)):
         privacy.add_row(site, _site_eps(c.a, site), _site_eps(c.b, site))
     if c.l2_distance is None:
@@ -66,9 +66,9 @@ def _site_eps(v: VersionInfo, site: str) -> str:
 
 
 def sites_view(contributions: list[SiteContribution]) -> Table:
-    """Per site: sessions, versions, examples, and the latest composed epsilon it reported."""
-    table = narrow_table("Per-site contribution and privacy", "site", "sessions", "versions", "examples",
-                   "reports", "eps total (latest)")
+    """Per site: sessions, versions, examples, and the latest composed epsilon of the server's ledger."""
+    table = narrow_table("Per-site contribution and privacy (server ledger, PLD)", "site", "sessions", "versions",
+                         "examples", "charges", "eps total (latest)")
     for c in contributions:
         total = "inf (no DP)" if c.without_dp else _num(c.latest_total_epsilon, ".3f")
         table.add_row(c.site, ", ".join(map(str, c.sessions)), ", ".join(f"v{n}" for n in c.versions),
@@ -77,11 +77,12 @@ def sites_view(contributions: list[SiteContribution]) -> Table:
 
 
 def epsilon_timeline_table(contributions: list[SiteContribution]) -> Table:
-    """Every privacy report, oldest first: the numbers behind the epsilon plot."""
-    table = narrow_table("Epsilon reported over time", "when", "site", "sess", "round", "eps session", "eps total")
+    """Every charge of the server's ledger, oldest first: the numbers behind the epsilon plot."""
+    table = narrow_table("Epsilon charged over time (Poisson sampling, add/remove one image; PLD, RDP check)",
+                         "approved", "site", "sess", "rounds", "eps session", "eps total", "RDP total", "delta")
     points = sorted((p for c in contributions for p in c.points), key=lambda p: p.recorded_at)
     for p in points:
-        table.add_row(f"{p.recorded_at:%m-%d %H:%M:%S}", p.site, str(p.session_id), str(p.round_number),
-                      _eps(p.epsilon), _eps(p.epsilon_total) if p.epsilon is not None else "inf (no DP)")
+        table.add_row(f"{p.recorded_at:%m-%d %H:%M:%S}", p.site, str(p.session_id), str(p.rounds),
+                      _eps(p.epsilon), _eps(p.epsilon_total), _eps(p.epsilon_total_rdp), f"{p.delta:g}")
     return table
 

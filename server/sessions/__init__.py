@@ -1,6 +1,7 @@
 """Training sessions: one Flower FedProx server process per approval.
 
-``manager`` takes a port, spawns ``python -m server.sessions.process ID`` in its own process
+``manager`` plans every site's DP schedule (``privacy_plan``), has the store charge it, takes a
+port, spawns ``python -m server.sessions.process ID`` in its own process
 group and settles it when it ends; ``runtime`` runs the Flower server inside that process
 (``grpc_listener``: Flower's servicer, told each peer's address, messages capped to the model) with
 ``admission`` (only sites that prove their per-session secret join), the strategies

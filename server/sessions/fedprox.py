@@ -1,35 +1,42 @@
-"""FedProx restricted to the sites an admin admitted to one session."""
+"""FedProx restricted to the sites an admin admitted to one session, each on its own approved DP schedule.
+
+What the server keeps of a round is only what is outside the sites' data: which sites sent an
+admitted update and the example counts approved for them (declared public or bucketed). Whatever
+else a site puts in its fit metrics (training loss or accuracy, an older client's epsilon) is
+dropped unread, and there is no evaluate round: validation metrics would leave the sites in the
+clear, outside the DP accountant, so a session is shown as "not evaluated".
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from flwr.common import (
+    EvaluateIns,
+    FitIns,
     FitRes,
     Parameters,
     Scalar,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
+from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedProx
 from flwr.server.strategy.aggregate import aggregate
 
-from server.sessions.update_validation import update_problem, weighted_mean
+from server.sessions.admission import AdmissionClientManager
+from server.sessions.update_validation import update_problem
 from shared.errors import SessionFailedError
 
 log = logging.getLogger(__name__)
 
 SITE_KEY = "site"
 SECRET_KEY = "session_secret"
-#: Metrics a site reports with every fit; averaged (weighted by examples) into the round record.
-AVERAGED_METRICS = ("loss", "accuracy")
-#: Privacy metrics a site reports with every fit; kept per site, never averaged across sites.
-PRIVACY_METRICS = ("epsilon", "delta", "noise_multiplier")
 
 RoundRecorder = Callable[[int, str, dict[str, Any], dict[str, dict[str, Any]]], None]
 RejectionLogger = Callable[[int, str, str, str], None]
@@ -37,12 +44,11 @@ RejectionLogger = Callable[[int, str, str, str], None]
 
 @dataclass
 class _Admitted:
-    """One result that passed admission: which site sent it, and its cleaned metrics."""
+    """One result that passed admission: which site sent it."""
 
     proxy: ClientProxy
     result: Any
     site: str
-    metrics: dict[str, Scalar] = field(default_factory=dict)
 
 
 class AdmittedFedProx(FedProx):
@@ -52,10 +58,12 @@ class AdmittedFedProx(FedProx):
     (the client adds its gradient ``mu * (w - w_global)`` after DP clipping and noise); the
     server takes the example-weighted average of the returned trainable weights, as FedAvg.
 
-    On top of FedProx, every fit and evaluate result must name an admitted site and carry that
-    site's per-session secret; results without it, duplicates, and updates with wrong shapes,
-    NaN/Inf or a norm beyond ``max_update_norm`` are dropped and reported to ``on_reject``. A
-    round with fewer than ``min_results`` admitted results raises ``SessionFailedError``.
+    On top of FedProx, every fit result must name an admitted site and carry that site's
+    per-session secret; results without it, duplicates, results whose example count is not the
+    one approved for the site, and updates with wrong shapes, NaN/Inf or a norm beyond
+    ``max_update_norm`` are dropped and reported to ``on_reject``. A round with fewer than
+    ``min_results`` admitted results raises ``SessionFailedError``. Each site's fit config adds
+    its own entry of ``site_configs`` (local epochs, approved count, DP schedule) to the round's.
 
     Parameters
     ----------
@@ -68,7 +76,10 @@ class AdmittedFedProx(FedProx):
     proximal_mu : float
         Weight of the proximal term; 0 makes this FedAvg.
     round_config : dict
-        Sent to the clients every round (local epochs, batch size, learning rate, ...).
+        Sent to the clients every round (batch size, learning rate, ...).
+    site_configs : dict[str, dict]
+        Per site, added to its fit config: ``local_epochs``, ``examples`` (approved count) and the
+        ``dp_*`` schedule keys (``server.sessions.privacy_plan.fit_config``).
     min_results : int
         Admitted results a round needs to be aggregated.
     max_update_norm : float
@@ -87,6 +98,7 @@ class AdmittedFedProx(FedProx):
         initial_weights: list[np.ndarray],
         proximal_mu: float,
         round_config: dict[str, Scalar],
+        site_configs: dict[str, dict[str, Scalar]],
         min_results: int,
         max_update_norm: float,
         on_round: RoundRecorder,
@@ -95,28 +107,49 @@ class AdmittedFedProx(FedProx):
         count = len(participants)
         super().__init__(
             fraction_fit=1.0,  # every connected client is asked, so a stray one cannot take a slot
-            fraction_evaluate=1.0,
+            fraction_evaluate=0.0,  # see configure_evaluate
             min_fit_clients=count,
-            min_evaluate_clients=count,
             min_available_clients=count,
             initial_parameters=ndarrays_to_parameters(initial_weights),
             on_fit_config_fn=self._fit_config,
-            on_evaluate_config_fn=self._fit_config,
             proximal_mu=proximal_mu,
         )
         self.participants = list(participants)
         self.verify_secret = verify_secret
         self.round_config = dict(round_config)
+        self.site_configs = {site: dict(config) for site, config in site_configs.items()}
+        missing = sorted(set(participants) - set(self.site_configs))
+        if missing:
+            raise SessionFailedError(f"no approved DP schedule for site(s) {', '.join(missing)}")
         self.min_results = min_results
         self.max_update_norm = max_update_norm
         self.on_round = on_round
         self.on_reject = on_reject
         self.global_weights = [np.asarray(w) for w in initial_weights]
-        self.privacy_report: dict[str, dict[str, Any]] = {}
+        self.contributors: set[str] = set()
         self.last_metrics: dict[str, dict[str, Any]] = {}
 
     def _fit_config(self, server_round: int) -> dict[str, Scalar]:
         return {**self.round_config, "round": server_round}
+
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        """FedProx's instructions, each with its own site's epochs, count and DP schedule."""
+        if not isinstance(client_manager, AdmissionClientManager):
+            raise TypeError("per-site configs need the AdmissionClientManager's site of each client")
+        site_of = client_manager.site_of
+        return [
+            (proxy, FitIns(ins.parameters, {**ins.config, **self.site_configs[site_of[proxy.cid]]}))
+            for proxy, ins in super().configure_fit(server_round, parameters, client_manager)
+            if site_of.get(proxy.cid) in self.site_configs
+        ]
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        """No evaluate round: validation metrics would leave the sites in the clear."""
+        return []
 
     def aggregate_fit(
         self,
@@ -127,37 +160,17 @@ class AdmittedFedProx(FedProx):
         admitted = [
             entry
             for entry in self._admit(server_round, "fit", results)
-            if self._update_is_sound(server_round, entry)
+            if self._count_is_approved(server_round, entry) and self._update_is_sound(server_round, entry)
         ]
         self._require_enough(server_round, "fit", admitted, failures)
         self.global_weights = self._combine(server_round, admitted)
         parameters = ndarrays_to_parameters(self.global_weights)
-        per_site = {a.site: {**a.metrics, "examples": a.result.num_examples} for a in admitted}
-        for site, metrics in per_site.items():
-            self.privacy_report[site] = {
-                key: metrics[key] for key in (*PRIVACY_METRICS, "examples") if key in metrics
-            }
-        summary = self._summarise(admitted, lambda a: a.metrics.get("loss"))
+        per_site = {a.site: {"examples": a.result.num_examples} for a in admitted}
+        self.contributors.update(per_site)
+        summary = {"examples": sum(a.result.num_examples for a in admitted), "sites": len(admitted)}
         self.last_metrics["fit"] = summary
         self.on_round(server_round, "fit", summary, per_site)
-        return parameters, summary
-
-    def aggregate_evaluate(
-        self,
-        server_round: int,
-        results: list[tuple[ClientProxy, Any]],
-        failures: list[Any],
-    ) -> tuple[float | None, dict[str, Scalar]]:
-        admitted = self._admit(server_round, "evaluate", results)
-        self._require_enough(server_round, "evaluate", admitted, failures)
-        per_site = {
-            a.site: {**a.metrics, "loss": float(a.result.loss), "examples": a.result.num_examples}
-            for a in admitted
-        }
-        summary = self._summarise(admitted, lambda a: a.result.loss)
-        self.last_metrics["evaluate"] = summary
-        self.on_round(server_round, "evaluate", summary, per_site)
-        return summary["loss"], summary
+        return parameters, dict(summary)
 
     def _admit(
         self, server_round: int, phase: str, results: list[tuple[ClientProxy, Any]]
@@ -165,17 +178,25 @@ class AdmittedFedProx(FedProx):
         """Keep one result per admitted site that proves the session secret."""
         admitted: dict[str, _Admitted] = {}
         for proxy, result in results:
-            metrics = dict(result.metrics or {})
-            site = str(metrics.pop(SITE_KEY, ""))
-            secret = str(metrics.pop(SECRET_KEY, ""))
+            metrics = result.metrics or {}
+            site = str(metrics.get(SITE_KEY, ""))
+            secret = str(metrics.get(SECRET_KEY, ""))
             who = site or f"client {proxy.cid}"
             if site not in self.participants or not self.verify_secret(site, secret):
                 self._reject(server_round, phase, who, "not admitted: missing or wrong session secret")
             elif site in admitted:
                 self._reject(server_round, phase, who, "duplicate result for this site")
             else:
-                admitted[site] = _Admitted(proxy, result, site, metrics)
+                admitted[site] = _Admitted(proxy, result, site)
         return list(admitted.values())
+
+    def _count_is_approved(self, server_round: int, entry: _Admitted) -> bool:
+        """A site weighs in with the count approved for it (declared or bucketed), nothing else."""
+        approved = int(self.site_configs[entry.site]["examples"])
+        if entry.result.num_examples != approved:
+            self._reject(server_round, "fit", entry.site,
+                         f"example count {entry.result.num_examples} is not the approved {approved}")
+        return entry.result.num_examples == approved
 
     def _update_is_sound(self, server_round: int, entry: _Admitted) -> bool:
         problem = update_problem(
@@ -208,21 +229,3 @@ class AdmittedFedProx(FedProx):
             f"{self.min_results} needed (missing: {', '.join(missing) or 'none'}; "
             f"{len(failures)} client failure(s))"
         )
-
-    @staticmethod
-    def _summarise(
-        admitted: list[_Admitted], loss_of: Callable[[_Admitted], Any]
-    ) -> dict[str, Any]:
-        """Example-weighted averages of loss and the shared metrics across admitted sites."""
-        weighted = lambda value_of: weighted_mean(  # noqa: E731
-            [(a.result.num_examples, float(value_of(a))) for a in admitted if value_of(a) is not None]
-        )
-        summary: dict[str, Any] = {
-            "loss": weighted(loss_of),
-            "examples": sum(a.result.num_examples for a in admitted),
-            "sites": len(admitted),
-        }
-        for key in AVERAGED_METRICS:
-            if key != "loss" and any(key in a.metrics for a in admitted):
-                summary[key] = weighted(lambda a, k=key: a.metrics.get(k))
-        return summary

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.sessions.privacy_plan import SitePlan, plan_sites, session_rounds
 from server.store import Store
 from server.store.lifecycle import SessionState
 from server.store.records import SessionInfo
@@ -36,7 +37,10 @@ LOG_TAIL_LINES = 5
 
 @dataclass(frozen=True)
 class ApprovalOptions:
-    """What the admin chooses at approval; ``None`` means "take it from the requests"."""
+    """What the admin chooses at approval; ``None`` means "take it from the requests".
+
+    ``rounds`` may not exceed any request's; ``local_epochs`` caps each site's own request.
+    """
 
     rounds: int | None = None
     local_epochs: int | None = None
@@ -119,23 +123,32 @@ class SessionManager:
     def approve(
         self, request_ids: Iterable[int | str], options: ApprovalOptions, *, actor: str = "admin"
     ) -> SessionInfo:
-        """Create a session for the requests and spawn its process on a free port."""
+        """Plan every site's DP schedule, charge the server's privacy ledger, spawn the session.
+
+        Refused (nothing created) when a site's schedule would exceed its effective budget, when
+        the rounds exceed a request's, or when a request declares no example count.
+        """
         requests = [self.store.get_request(r) for r in request_ids]
-        config = self._session_config(requests, options)
+        if not requests:
+            raise StoreError("approve needs at least one request")
+        rounds = session_rounds(requests, options.rounds)
+        plans = plan_sites(self.store, requests, rounds=rounds, local_epochs=options.local_epochs,
+                           batch_size=options.batch_size)
+        config = self._session_config(requests, options, rounds, plans)
         with self._lock:
             port = self._free_port()
-            session = self.store.create_session([r.id for r in requests], config=config, actor=actor)
+            session = self.store.create_session_charged([r.id for r in requests], [p.charge() for p in plans],
+                                                        config=config, actor=actor)
             process = self._spawn(session.id, port)
             self._processes[session.id] = process
             return self.store.mark_session_running(session.id, port=port, pid=process.pid)
 
-    def _session_config(self, requests: list[Any], options: ApprovalOptions) -> dict[str, Any]:
-        if not requests:
-            raise StoreError("approve needs at least one request")
+    def _session_config(self, requests: list[Any], options: ApprovalOptions, rounds: int,
+                        plans: list[SitePlan]) -> dict[str, Any]:
         head = self.store.head()
         return {
-            "rounds": options.rounds or max(r.rounds for r in requests),
-            "local_epochs": options.local_epochs or max(r.local_epochs for r in requests),
+            "rounds": rounds,
+            "local_epochs": max(p.local_epochs for p in plans),  # the most any site trains; each has its own
             "proximal_mu": options.proximal_mu,
             "min_clients": options.min_clients or len(requests),
             "join_timeout_s": options.join_timeout_s,
@@ -144,6 +157,7 @@ class SessionManager:
             "learning_rate": options.learning_rate,
             "max_update_norm": options.max_update_norm,
             "model": dict(head.metadata.get("model", {})),
+            "sites": {p.site: p.config() for p in plans},
             **_secure_aggregation_config(len(requests), options),
         }
 

@@ -1,7 +1,9 @@
 """Run one approved session: a Flower gRPC server with ``AdmittedFedProx``, then commit a version.
 
 With the session option ``secure_aggregation`` the strategy is ``SecureFedProx``: the same
-FedProx, but the server only ever sees the weighted sum of the sites' updates.
+FedProx, but the server only ever sees the weighted sum of the sites' updates. Each site's rounds
+carry its own approved DP schedule (``privacy_plan.fit_config``); the version's privacy summary
+is the server's own ledger for the session, never what the sites report.
 
 This is the body of the per-session process (``server.sessions.process``); it is importable so
 tests can run a session in-process against a real store and real Flower clients.
@@ -20,6 +22,7 @@ from server.sessions.admission import AdmissionClientManager
 from server.sessions.fedprox import AdmittedFedProx
 from server.sessions.grpc_listener import message_cap, start_session_server
 from server.sessions.merge import staleness_merge
+from server.sessions.privacy_plan import fit_config, privacy_summary
 from server.sessions.secure_fedprox import SecureFedProx
 from server.store import Store
 from server.store.lifecycle import SessionState
@@ -28,8 +31,8 @@ from shared.errors import SessionFailedError
 
 log = logging.getLogger(__name__)
 
-#: Keys of a session's config that are sent to every client every round.
-ROUND_CONFIG_KEYS = ("local_epochs", "batch_size", "learning_rate")
+#: Keys of a session's config that are sent to every client every round (each site's own come from "sites").
+ROUND_CONFIG_KEYS = ("batch_size", "learning_rate")
 
 
 @dataclass(frozen=True)
@@ -104,12 +107,13 @@ def run_session(
     finally:
         grpc_server.stop(grace=1)
         client_manager.close()
+    contributors = sorted(strategy.contributors)
     version = store.commit_session_result(
         session_id,
         strategy.global_weights,
         metrics=strategy.last_metrics,
-        dp_summary=strategy.privacy_report,
-        participants=sorted(strategy.privacy_report),
+        dp_summary=privacy_summary(store, session_id, contributors),
+        participants=contributors,
         rounds=options.rounds,
         merge=staleness_merge,
     )
@@ -140,6 +144,7 @@ def _strategy(store: Store, session_id: int, options: SessionOptions) -> Admitte
             "num_rounds": options.rounds,
             **{k: session.config[k] for k in ROUND_CONFIG_KEYS if k in session.config},
         },
+        site_configs={site: fit_config(plan) for site, plan in session.config.get("sites", {}).items()},
         min_results=options.min_clients,
         max_update_norm=options.max_update_norm,
         on_round=record_round,

@@ -29,8 +29,3 @@ def update_problem(
         return f"update norm {norm:.3g} exceeds the bound {max_update_norm:.3g}"
     return None
 
-
-def weighted_mean(values: list[tuple[int, float]]) -> float:
-    """Mean of ``(examples, value)`` pairs weighted by examples (0.0 when nothing to average)."""
-    total = sum(n for n, _ in values)
-    return sum(n * v for n, v in values) / total if total else 0.0

@@ -3,7 +3,9 @@
 Everything here is synchronous and runs in a worker thread, one call per message, so a
 message that needs several store reads costs a single hop off the event loop. Ownership is
 checked here: another site's request or a version not released to this site is answered
-exactly like one that does not exist, so a site learns nothing about the others.
+exactly like one that does not exist, so a site learns nothing about the others. For the same
+reason a session ticket carries only the asking site's own plan, and a version view only
+aggregates: the number of sites, never the other hospitals' names, counts or epsilons.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -43,13 +46,17 @@ class RequestHandlers:
     # -------------------------------------------------------------- requests
 
     def _submit_request(self, m: p.SubmitRequest) -> BaseModel:
+        dp = m.dp.model_dump(exclude_none=True)
+        declaration = m.declaration.model_dump(exclude_none=True) if m.declaration else None
+        self._store.check_request_privacy(m.site, dp, declaration)
         info = self._store.submit_request(
             m.site,
             rounds=m.rounds,
             local_epochs=m.local_epochs,
-            dp=m.dp.model_dump(exclude_none=True),
+            dp=dp,
             note=m.note,
             max_pending=self._settings.max_pending_requests,
+            declaration=declaration,
         )
         return p.RequestView.model_validate(info)
 
@@ -81,7 +88,7 @@ class RequestHandlers:
             host=self._settings.session_host,
             port=session.port,
             secret=self._store.session_secret(session.id, m.site),
-            config=session.config,
+            config=_ticket_config(session.config, m.site),
         )
 
     # -------------------------------------------------------------- notifications
@@ -97,7 +104,7 @@ class RequestHandlers:
 
     def _list_versions(self, m: p.ListVersions) -> BaseModel:
         infos = self._store.available_versions(m.site)
-        return p.VersionList(versions=[_version_view(i) for i in infos])
+        return p.VersionList(versions=[_version_view(i, m.site) for i in infos])
 
     def _download_version(self, m: p.DownloadVersion) -> BaseModel:
         version = self._downloadable_version(m.site, m.version)
@@ -159,7 +166,22 @@ class RequestHandlers:
             return handle.read(self._chunk_bytes), total_chunks
 
 
-def _version_view(info: VersionInfo) -> p.VersionView:
-    """What a site sees of a version, with the model spec it needs to rebuild the classifier."""
+def _version_view(info: VersionInfo, site: str) -> p.VersionView:
+    """What ``site`` sees of a version: aggregates, its own privacy entry, the model spec to rebuild it."""
     view = p.VersionView.model_validate(info)
-    return view.model_copy(update={"model": dict(info.metadata.get("model", {}))})
+    mine = site in info.participants
+    return view.model_copy(update={
+        "model": dict(info.metadata.get("model", {})),
+        "participants": [site] if mine else [],
+        "sites": len(info.participants),
+        "dp_summary": {site: info.dp_summary[site]} if site in info.dp_summary else {},
+        # a total count minus the site's own would be another site's count
+        "metrics": {phase: {k: v for k, v in values.items() if k != "examples"} if isinstance(values, dict) else values
+                    for phase, values in info.metrics.items()},
+    })
+
+
+def _ticket_config(config: dict[str, Any], site: str) -> dict[str, Any]:
+    """The session config without the other sites' plans; ``site`` holds the asking site's own."""
+    shared = {key: value for key, value in config.items() if key != "sites"}
+    return {**shared, "site": dict(config.get("sites", {}).get(site, {}))}

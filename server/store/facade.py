@@ -1,7 +1,8 @@
 """The store: the one API through which the socket, the sessions, the menus and analysts share state.
 
-``Store`` composes one class per concern (sites, requests, sessions, versions, clean-up,
-notifications, audit, analyst tokens), so callers keep a single object while each concern lives in its own
+``Store`` composes one class per concern (sites, requests, sessions and the privacy ledger
+charged with them, versions, clean-up, notifications, audit, analyst tokens), so callers keep a
+single object while each concern lives in its own
 module. Every method runs in its own short transaction and returns frozen records (never ORM
 objects). Each admin and session action appends its audit row inside the same transaction as
 the change, so the log never disagrees with the data.
@@ -13,6 +14,7 @@ from server.store.analysts import AnalystStore
 from server.store.audit import AuditStore
 from server.store.cleanup import CleanupStore
 from server.store.notifications import NotificationStore
+from server.store.privacy_ledger import PrivacyLedgerStore
 from server.store.requests import RequestStore
 from server.store.sessions import SessionStore
 from server.store.sites import SiteStore
@@ -22,6 +24,7 @@ from server.store.versions import VersionStore
 class Store(
     SiteStore,
     RequestStore,
+    PrivacyLedgerStore,
     SessionStore,
     VersionStore,
     CleanupStore,

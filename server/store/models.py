@@ -79,6 +79,8 @@ class Site(Base):
     budget_delta: Mapped[float]
     enabled: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Granted by the admin at enrolment: this site may train without noise (no finite epsilon).
+    allow_no_dp: Mapped[bool] = mapped_column(default=False)
 
 
 class Request(Base):
@@ -96,6 +98,8 @@ class Request(Base):
     decided_by: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(Text, default="")
     session_id: Mapped[int | None] = mapped_column(ForeignKey("sessions.id"))
+    #: The site's data declaration (``shared.protocol.DataDeclaration``); {} from older clients.
+    declaration: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class FlSession(Base):
@@ -252,3 +256,32 @@ class AnalystToken(Base):
     created_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+
+
+class PrivacyCharge(Base):
+    """One site's DP schedule in one approved session, as the server approved and sent it.
+
+    The server's privacy ledger: ``event_json`` is the whole session's DpEvent for that site
+    (``rounds`` runs of ``schedule``), charged at approval; the epsilons are PLD (``epsilon_rdp``
+    the RDP cross-check) at ``delta``, this session alone and composed with every earlier charge
+    of the site. None means no finite guarantee (a no-DP session the admin allowed).
+    """
+
+    __tablename__ = "privacy_charges"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site: Mapped[str] = mapped_column(ForeignKey("sites.name"), index=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("requests.id"))
+    schedule: Mapped[dict[str, Any]]
+    rounds: Mapped[int]
+    examples: Mapped[int]
+    event_json: Mapped[str] = mapped_column(Text)
+    delta: Mapped[float]
+    budget_epsilon: Mapped[float]
+    epsilon: Mapped[float | None]
+    epsilon_rdp: Mapped[float | None]
+    total_epsilon: Mapped[float | None]
+    total_epsilon_rdp: Mapped[float | None]
+    slices_per_patient: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

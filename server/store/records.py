@@ -47,6 +47,7 @@ class SiteInfo:
     budget_epsilon: float
     budget_delta: float
     created_at: datetime
+    allow_no_dp: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class RequestInfo:
     decided_by: str | None
     reason: str
     session_id: int | None
+    declaration: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -156,3 +158,36 @@ class CleanupReport:
     files: list[Path] = field(default_factory=list)  # every file deleted, orphans included
     orphans: list[Path] = field(default_factory=list)  # files no version refers to
     freed_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class PlannedCharge:
+    """What an approval will charge one site: ``rounds`` runs of ``schedule`` (a ``DpSchedule``)."""
+
+    site: str
+    request_id: int
+    schedule: Any  # shared.privacy_accounting.DpSchedule
+    rounds: int
+    examples: int
+
+
+@dataclass(frozen=True)
+class ChargeInfo:
+    """One row of the server's privacy ledger (see ``models.PrivacyCharge``); None epsilon = no DP."""
+
+    id: int
+    site: str
+    session_id: int
+    request_id: int
+    schedule: dict[str, Any]
+    rounds: int
+    examples: int
+    delta: float
+    budget_epsilon: float
+    epsilon: float | None
+    epsilon_rdp: float | None
+    total_epsilon: float | None
+    total_epsilon_rdp: float | None
+    slices_per_patient: int | None
+    created_at: datetime
+    event: Any = None  # the session's DpEvent (dp_accounting), as charged

@@ -47,11 +47,13 @@ class RequestStore(StoreBase):
     def submit_request(
         self, site: str, *, rounds: int, local_epochs: int, dp: dict[str, Any], note: str = "",
         max_pending: int | None = None,
+        declaration: dict[str, Any] | None = None,
     ) -> RequestInfo:
         """Queue a site's training request as PENDING; nothing trains until the admin approves.
 
         With ``max_pending``, a site that already has that many PENDING requests is refused
         (checked inside the write transaction, so concurrent submits cannot overshoot).
+        ``declaration``: the site's example count and budget (``protocol.DataDeclaration``).
         """
         if rounds < 1 or local_epochs < 1:
             raise StoreError(
@@ -72,6 +74,7 @@ class RequestStore(StoreBase):
                 rounds=rounds,
                 local_epochs=local_epochs,
                 dp=json_safe(dp),
+                declaration=json_safe(declaration or {}),
                 note=note,
                 created_at=utcnow(),
                 reason="",

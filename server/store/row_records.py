@@ -32,6 +32,7 @@ def site_info(row: Site) -> SiteInfo:
         budget_epsilon=row.budget_epsilon,
         budget_delta=row.budget_delta,
         created_at=row.created_at,
+        allow_no_dp=bool(row.allow_no_dp),
     )
 
 
@@ -50,6 +51,7 @@ def request_info(row: Request) -> RequestInfo:
         decided_by=row.decided_by,
         reason=row.reason,
         session_id=row.session_id,
+        declaration=dict(row.declaration or {}),
     )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from server.store import audit_chain, session_secrets
 from server.store.audit_chain import json_safe
@@ -62,9 +63,18 @@ class SessionStore(StoreBase):
     """Approved sessions: members and their secrets, rounds, endings, crash recovery."""
 
     def create_session(
-        self, request_ids: Iterable[int | str], *, config: dict[str, Any], actor: str = "admin"
+        self,
+        request_ids: Iterable[int | str],
+        *,
+        config: dict[str, Any],
+        actor: str = "admin",
+        before_commit: Callable[[Session, FlSession], None] | None = None,
     ) -> SessionInfo:
-        """Approve one or more PENDING requests (one per site) into one new STARTING session."""
+        """Approve one or more PENDING requests (one per site) into one new STARTING session.
+
+        ``before_commit(db_session, fl_session)`` runs inside the same transaction once the
+        session and its members exist (the privacy ledger charges there); raising aborts it all.
+        """
         ids = sorted({parse_request_id(r) for r in request_ids})
         if not ids:
             raise StoreError("a session needs at least one request")
@@ -100,6 +110,8 @@ class SessionStore(StoreBase):
                     {"request_id": row.id, "session_id": fl.id},
                 )
             session.flush()
+            if before_commit is not None:
+                before_commit(session, fl)
             audit_chain.append(
                 session,
                 actor,

@@ -52,9 +52,13 @@ class SiteStore(StoreBase):
         *,
         budget_epsilon: float = 10.0,
         budget_delta: float = 1e-5,
+        allow_no_dp: bool = False,
         actor: str = "admin",
     ) -> str:
-        """Register a site and return its token; only a salted hash is kept, so show it now or never."""
+        """Register a site and return its token; only a salted hash is kept, so show it now or never.
+
+        ``allow_no_dp`` grants training without noise (no finite epsilon; benchmarks only).
+        """
         if not SITE_NAME.match(name):
             raise StoreError(
                 f"invalid site name {name!r}",
@@ -77,13 +81,15 @@ class SiteStore(StoreBase):
                     budget_delta=budget_delta,
                     enabled=True,
                     created_at=utcnow(),
+                    allow_no_dp=allow_no_dp,
                 )
             )
             audit_chain.append(
                 session,
                 actor,
                 "enrol_site",
-                {"site": name, "budget_epsilon": budget_epsilon, "budget_delta": budget_delta},
+                {"site": name, "budget_epsilon": budget_epsilon, "budget_delta": budget_delta,
+                 "allow_no_dp": allow_no_dp},
             )
         return token
 
