@@ -27,6 +27,7 @@ from server.store.lifecycle import SessionState
 from shared.settings import load_settings
 from tests.conftest_store import make_weights
 from tests.flower_fakes import free_port
+from tests.privacy_fixtures import declaration
 
 pytestmark = [pytest.mark.interactive, pytest.mark.slow]
 
@@ -275,7 +276,7 @@ def test_exit_while_a_session_runs_waits_or_stops_it_cleanly(world: dict) -> Non
     env = {**world["env"], "FL_HOME": str(home), "FL_REQUEST_PORT": str(free_port()),
            "FL_SESSION_PORT_START": str(free_port())}
     try:
-        store.submit_request("north", rounds=1, local_epochs=1, dp={"noise_multiplier": 1.0})
+        store.submit_request("north", rounds=1, local_epochs=1, dp={"noise_multiplier": 1.0, "delta": 1e-5, "l2_norm_clip": 1.0}, declaration=declaration(100))
         admin = Term("server.console.cli", [], env, world["root"] / "exit-wait.log")
         try:
             admin.expect("request socket on", timeout=120)
@@ -294,7 +295,7 @@ def test_exit_while_a_session_runs_waits_or_stops_it_cleanly(world: dict) -> Non
         finally:
             admin.stop()
 
-        store.submit_request("north", rounds=1, local_epochs=1, dp={"noise_multiplier": 1.0})
+        store.submit_request("north", rounds=1, local_epochs=1, dp={"noise_multiplier": 1.0, "delta": 1e-5, "l2_norm_clip": 1.0}, declaration=declaration(100))
         admin = Term("server.console.cli", [], env, world["root"] / "exit-stop.log")
         try:
             admin.expect("request socket on", timeout=120)

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client.federation.socket_client import SiteConnection
-from client.menu.actions import setup_site
+from client.menu.actions import request_training, setup_site
+from client.site_profile import load_profile
 from scripts.make_sample_data import generate_sample_dataset
 from server.sessions.initial_model import ensure_initial_version
 from server.sessions.manager import SessionManager
@@ -102,8 +102,8 @@ def assert_quiet(out: str) -> None:
 @pytest.fixture(scope="module")
 def trained(world: World) -> dict[str, str]:
     """North asks, the admin approves, north trains and accepts v1: each command's output."""
-    with SiteConnection("127.0.0.1", world.port, "north", world.token) as connection:
-        request = connection.submit_request(rounds=1, local_epochs=1, dp=DP, note="quiet").label
+    profile = load_profile(world.settings, "north")
+    request = request_training(profile, rounds=1, local_epochs=1, dp=DP, note="quiet").label
     outputs = {"approve": world.run("server.console.cli", "approve", request, "--rounds", "1", "--batch-size", "8",
                                     "--join-timeout", "300")}
     outputs["train"] = world.run("client.menu.cli", "--site", "north", "train", request)

@@ -29,6 +29,7 @@ from server.store import Store
 from server.store.lifecycle import SessionState
 from shared.listening import wait_until_listening
 from tests.flower_fakes import ScriptedClient, free_port, run_in_thread, serve_session
+from tests.privacy_fixtures import charged_session
 
 pytestmark = pytest.mark.slow
 
@@ -65,11 +66,9 @@ class SilentClient:
 
 def _session(store: Store, sites: list[str], **config) -> tuple[int, int]:
     store.ensure_initial_version(V0, metadata={"model": {"kind": "test"}})
-    ids = [store.submit_request(s, rounds=1, local_epochs=1, dp={"noise_multiplier": 1.1}).id for s in sites]
     full = {"rounds": 1, "proximal_mu": 0.0, "min_clients": len(sites), "join_timeout_s": 20,
-            "round_timeout_s": 30, "max_update_norm": 100.0, "local_epochs": 1, "batch_size": 4,
-            "learning_rate": 0.1, **config}
-    created = store.create_session(ids, config=full)
+            "round_timeout_s": 30, "max_update_norm": 100.0, "learning_rate": 0.1, **config}
+    created = charged_session(store, dict.fromkeys(sites, 10), rounds=1, config=full)
     port = free_port()
     store.mark_session_running(created.id, port=port, pid=1)
     return created.id, port

@@ -27,6 +27,7 @@ from server.store import Store
 from shared.listening import wait_until_listening
 from shared.settings import Settings
 from tests.flower_fakes import ScriptedClient, free_port, run_in_thread, serve_session
+from tests.privacy_fixtures import charged_session
 from tests.web_history import build_history
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,11 +136,9 @@ def test_click_a_version_and_its_chart_is_drawn_with_data_points(dashboard: str,
 def _live_session(settings: Settings) -> tuple[Store, int, int]:
     """Two sites' requests approved into one session from the head, marked running on a free port."""
     store = Store.open(settings)
-    ids = [store.submit_request(s, rounds=ROUNDS, local_epochs=1, dp={"noise_multiplier": 1.1}).id
-           for s in ("alpha", "beta")]
     config = {"rounds": ROUNDS, "proximal_mu": 0.01, "min_clients": 2, "join_timeout_s": 60, "round_timeout_s": 60,
-              "max_update_norm": 100.0, "local_epochs": 1, "batch_size": 4, "learning_rate": 0.1}
-    session = store.create_session(ids, config=config)
+              "max_update_norm": 100.0, "learning_rate": 0.1}
+    session = charged_session(store, {"alpha": 20, "beta": 20}, rounds=ROUNDS, config=config)
     port = free_port()
     store.mark_session_running(session.id, port=port, pid=os.getpid())
     return store, session.id, port
@@ -152,6 +151,7 @@ def _slow_shift(weights: list[np.ndarray]) -> list[np.ndarray]:
 
 def test_the_sessions_page_follows_a_running_session_without_reloading(dashboard: str, browser,
                                                                        history: Settings) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     store, session_id, port = _live_session(history)
@@ -165,7 +165,10 @@ def test_the_sessions_page_follows_a_running_session_without_reloading(dashboard
 
         def round_cell() -> str:
             cells = browser.find_elements(By.CSS_SELECTOR, f'tr[data-session="{session_id}"] td.round')
-            return cells[0].text if cells else ""
+            try:
+                return cells[0].text if cells else ""
+            except StaleElementReferenceException:  # the poll replaced the row between find and read
+                return ""
 
         def finished() -> bool:
             text = round_cell()
@@ -174,7 +177,10 @@ def test_the_sessions_page_follows_a_running_session_without_reloading(dashboard
                 if text == f"2 of {ROUNDS}":
                     shot(browser, "sessions-live")
             state = browser.find_elements(By.CSS_SELECTOR, f'tr[data-session="{session_id}"]')
-            return bool(state) and state[0].get_attribute("data-state") == "COMPLETED"
+            try:
+                return bool(state) and state[0].get_attribute("data-state") == "COMPLETED"
+            except StaleElementReferenceException:
+                return False
 
         wait_for(finished, 180, "the session to complete on the page")
         outcome["thread"].join(timeout=60)

@@ -17,6 +17,7 @@ from server.sessions.merge import staleness_merge
 from server.store import Store
 from server.store.lifecycle import SessionState
 from shared.settings import Settings, load_settings
+from tests.privacy_fixtures import charged_session
 
 SITE_EXAMPLES = {"alpha": 40, "beta": 24, "gamma": 32}
 #: per-site values that sessions record but no dashboard response may show
@@ -32,9 +33,9 @@ def weights(seed: int) -> list[np.ndarray]:
 
 def run_session(store: Store, sites: list[str], *, rounds: int, eps: float, totals: dict[str, float],
                 config: dict | None = None) -> int:
-    """Approve one request per site and record every round like a session process (DP reports per site)."""
-    ids = [store.submit_request(s, rounds=rounds, local_epochs=1, dp={"target_epsilon": eps}).id for s in sites]
-    session = store.create_session(ids, config={"rounds": rounds, "proximal_mu": 0.01, **(config or {})})
+    """Approve one request per site (the server ledger charges it) and record every round like a session process."""
+    session = charged_session(store, {s: SITE_EXAMPLES[s] for s in sites}, rounds=rounds,
+                              config={"proximal_mu": 0.01, **(config or {})})
     store.mark_session_running(session.id, port=9000 + session.id, pid=100 + session.id)
     for r in range(1, rounds + 1):
         per_fit = {s: {"loss": 9.1357, "epsilon": eps * r / rounds, "epsilon_total": totals[s] + eps * r / rounds,

@@ -205,14 +205,14 @@ def version_details(store: Store, number: int) -> VersionDetails:
 
 @dataclass(frozen=True)
 class SessionOverview:
-    """A session and how far it got, counted as the admin's live view counts (evaluated rounds)."""
+    """A session and how far it got, counted as the admin's live view counts (completed fit rounds)."""
 
     session: SessionInfo
     rounds: list[RoundInfo]
 
     @property
     def rounds_done(self) -> int:
-        return sum(1 for r in self.rounds if r.phase == "evaluate")
+        return sum(1 for r in self.rounds if r.phase == "fit")
 
     @property
     def rounds_total(self) -> int | None:
@@ -252,14 +252,10 @@ def session_overview(store: Store, session_id: int) -> SessionOverview:
 
 
 def privacy_over_time(store: Store) -> list[EpsilonPoint]:
-    """Every privacy report, oldest first: the one source of the dashboard's privacy page.
-
-    Today these are the reports the sites' accountants sent after each fit round (the same
-    points as ``fl-history sites``). When the server keeps its own privacy ledger, point this
-    function at it and the page and its API follow.
-    """
+    """Every charge of the server's privacy ledger, oldest first: the one source of the dashboard's
+    privacy page (the same points as ``fl-history sites`` and ``fl-history privacy``)."""
     points = [p for c in site_contributions(store) for p in c.points]
-    return sorted(points, key=lambda p: (p.recorded_at, p.site, p.session_id, p.round_number))
+    return sorted(points, key=lambda p: (p.recorded_at, p.site, p.session_id))
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,15 @@ only its own entry, and every round's fit config carries it as ``dp_*`` keys (``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-from flwr.common import Scalar
+from typing import TYPE_CHECKING, Any
 
 from server.store import Store
 from server.store.records import PlannedCharge, RequestInfo
 from shared.errors import ConfigError
 from shared.privacy_accounting import SCHEDULE_PREFIX, DpSchedule, calibrate_noise
+
+if TYPE_CHECKING:  # flwr's package import pulls in TensorFlow; the admin's commands need neither
+    from flwr.common import Scalar
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ def rounds_chart(rounds: list[RoundOut]) -> go.Figure:
 
 
 def privacy_chart(points: list[PrivacyPoint]) -> go.Figure:
-    """Each site's composed epsilon (its whole ledger) after every fit round it reported."""
+    """Each site's composed epsilon (the server's ledger) after every session it was charged for."""
     by_site: dict[str, list[PrivacyPoint]] = defaultdict(list)
     for p in points:
         by_site[p.site].append(p)
@@ -65,10 +65,10 @@ def privacy_chart(points: list[PrivacyPoint]) -> go.Figure:
         finite = [p for p in reports if p.epsilon is not None and p.epsilon_total is not None]
         figure.add_trace(go.Scatter(
             x=[p.recorded_at for p in finite], y=[p.epsilon_total for p in finite], mode="lines+markers",
-            name=site, text=[f"session {p.session_id}, round {p.round_number}: "
+            name=site, text=[f"session {p.session_id} ({p.rounds} rounds): "
                              f"epsilon this session {p.epsilon:.3f}" for p in finite],
             hovertemplate="%{text}<br>total epsilon %{y:.3f}<extra>%{fullData.name}</extra>"))
-    figure.update_layout(**_LAYOUT, xaxis_title="reported at (UTC)", yaxis_title="epsilon (composed total)")
+    figure.update_layout(**_LAYOUT, xaxis_title="approved at (UTC)", yaxis_title="epsilon (composed total)")
     return figure
 
 

@@ -195,14 +195,16 @@ class SessionDetail(BaseModel):
 
 
 class PrivacyPoint(BaseModel):
-    """One privacy report of a site: after fit round ``round_number`` of a session."""
+    """One charge of the server's privacy ledger: a site's approved session (PLD epsilons)."""
 
     site: str
     session_id: int
-    round_number: int
+    rounds: int
     recorded_at: datetime
-    epsilon: float | None  # this session so far; None = trained without noise
-    epsilon_total: float | None  # the site's whole ledger, composed (never a sum)
+    epsilon: float | None  # this session; None = trained without noise
+    epsilon_total: float | None  # the site's whole ledger up to this session, composed (never a sum)
+    epsilon_total_rdp: float | None  # the RDP accountant's figure for that total, as a cross-check
+    delta: float
 
     @classmethod
     def of(cls, p: EpsilonPoint) -> PrivacyPoint:
