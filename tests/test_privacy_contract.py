@@ -6,6 +6,7 @@ site is shown of the others. Real store, real request socket on loopback, real F
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
