@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import ConfigError
+from shared.protocol import DpEngine
 from shared.settings import Settings
 
 PROFILE_NAME = "site.json"
@@ -37,6 +38,8 @@ class SiteProfile(BaseModel):
     #: Research/benchmark sites only: allow requests with noise_multiplier 0 (no DP, epsilon = inf).
     #: Such a run is still recorded in the ledger, which then reports an infinite total for good.
     allow_no_dp: bool = False
+    #: The DP engine this site's requests ask for unless a request names another.
+    dp_engine: DpEngine = "dp-model"
 
     @property
     def ledger_path(self) -> Path:

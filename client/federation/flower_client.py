@@ -9,8 +9,8 @@ and epochs of the first one).
 Fit metrics: ``loss`` (mean training cross-entropy of the last local epoch), ``accuracy``,
 ``epsilon`` (this session so far, all its rounds composed, at the DP config's ``delta``),
 ``epsilon_total`` (the site's whole ledger), ``delta``, ``noise_multiplier``, ``l2_norm_clip``,
-``steps``, ``round``, ``backbone_fingerprint``, plus the ``extra_fit_metrics`` given at
-construction. Training loss/accuracy and the validation metrics are not privatised: they are
+``steps``, ``dp_engine`` (which DP engine trained), ``round``, ``backbone_fingerprint``, plus the
+``extra_fit_metrics`` given at construction. Training loss/accuracy and the validation metrics are not privatised: they are
 aggregates the server sees in the clear, outside the DP guarantee.
 
 Start it with ``flwr.client.start_client(server_address=..., client=client.to_client())``.
@@ -28,7 +28,8 @@ from flwr.client import NumPyClient
 from flwr.common import Scalar
 
 from client.training.data import SiteData, image_dataset, load_site_data
-from client.training.dp_training import DPConfig, LocalTraining, train_dp
+from client.training.dp_training import DPConfig, LocalSettings, train_dp
+from client.training.examples import TrainingExamples
 from client.training.feature_cache import cached_features, compute_features
 from client.training.ledger import PrivacyLedger
 from shared.classifier import (
@@ -40,7 +41,7 @@ from shared.classifier import (
     set_trainable_weights,
 )
 from shared.errors import ConfigError
-from shared.privacy_accounting import dp_sgd_event, noise_for_target_epsilon
+from shared.privacy_accounting import DpSchedule, noise_for_target_epsilon
 
 #: Called after every local epoch with (round, epoch, loss, accuracy).
 ProgressCallback = Callable[[int, int, float, float], None]
@@ -52,7 +53,7 @@ class LocalData:
     """What trains and on which examples: the head on features, or the full model on images."""
 
     model: tf.keras.Model
-    train: tf.data.Dataset  # unbatched (x, y)
+    train: TrainingExamples  # held whole: Poisson sampling gathers from it
     val: tf.data.Dataset  # unbatched (x, y)
     n_train: int
     n_val: int
@@ -97,25 +98,17 @@ class FLClient(NumPyClient):
         """One round: check and charge the privacy budget, then DP-train from the global weights."""
         session_id = str(_required(config, "session_id"))
         round_number = int(_required(config, "round"))
-        training = LocalTraining(
-            epochs=int(_required(config, "local_epochs")),
-            batch_size=int(_required(config, "batch_size")),
-            learning_rate=float(_required(config, "learning_rate")),
-            proximal_mu=float(config.get("proximal_mu", 0.0)),
-        )
-        noise = self._noise(session_id, training, config)
-        planned = dp_sgd_event(noise, self.local.n_train, training.batch_size, training.epochs)
+        epochs, batch_size = int(_required(config, "local_epochs")), int(_required(config, "batch_size"))
+        noise = self._noise(session_id, batch_size, epochs, config)
+        schedule = DpSchedule.for_epochs(noise_multiplier=noise, l2_norm_clip=self.dp.l2_norm_clip,
+                                         examples=self.local.n_train, batch_size=batch_size, epochs=epochs)
+        settings = LocalSettings(learning_rate=float(_required(config, "learning_rate")),
+                                 proximal_mu=float(config.get("proximal_mu", 0.0)),
+                                 optimizer=self.dp.optimizer, engine=self.dp.engine)
         set_trainable_weights(self.local.model, parameters)  # checks shapes before charging
-        total = self.ledger.charge(session_id, planned)  # raises PrivacyBudgetExceeded
-        result = train_dp(
-            self.local.model,
-            self.local.train,
-            self.local.n_train,
-            noise_multiplier=noise,
-            dp=self.dp,
-            local=training,
-            on_epoch=self._epoch_reporter(round_number),
-        )
+        total = self.ledger.charge(session_id, schedule.event())  # raises PrivacyBudgetExceeded
+        result = train_dp(self.local.model, self.local.train, schedule, settings,
+                          on_epoch=self._epoch_reporter(round_number))
         metrics: dict[str, Scalar] = {
             "loss": result.loss,
             "accuracy": result.accuracy,
@@ -125,6 +118,7 @@ class FLClient(NumPyClient):
             "noise_multiplier": noise,
             "l2_norm_clip": self.dp.l2_norm_clip,
             "steps": result.steps,
+            "dp_engine": result.engine,
             "round": round_number,
             "backbone_fingerprint": self.fingerprint,
             **self.extra_fit_metrics,
@@ -144,7 +138,7 @@ class FLClient(NumPyClient):
         metrics = {"loss": float(loss), "accuracy": float(accuracy), **self.extra_fit_metrics}
         return float(loss), self.local.n_val, metrics
 
-    def _noise(self, session_id: str, training: LocalTraining, config: dict[str, Scalar]) -> float:
+    def _noise(self, session_id: str, batch_size: int, epochs: int, config: dict[str, Scalar]) -> float:
         """The session's noise multiplier: given, or calibrated once to its target epsilon."""
         if self.dp.noise_multiplier is not None:
             return self.dp.noise_multiplier
@@ -154,8 +148,8 @@ class FLClient(NumPyClient):
                 self.dp.target_epsilon,
                 self.dp.delta,
                 self.local.n_train,
-                training.batch_size,
-                rounds * training.epochs,
+                batch_size,
+                rounds * epochs,
             )
         return self._session_noise[session_id]
 
@@ -219,7 +213,7 @@ def _local_data(
     if classifier.trainable_blocks > 0 or augment:
         return LocalData(
             model=classifier.full,
-            train=image_dataset(data, data.train_index, augment=augment),
+            train=TrainingExamples.from_images(data, data.train_index, augment=augment),
             val=image_dataset(data, data.val_index),
             n_train=data.n_train,
             n_val=data.n_val,
@@ -234,7 +228,7 @@ def _local_data(
 
     return LocalData(
         model=classifier.head,
-        train=split(data.train_index),
+        train=TrainingExamples.from_arrays(features[data.train_index], data.labels[data.train_index]),
         val=split(data.val_index),
         n_train=data.n_train,
         n_val=data.n_val,

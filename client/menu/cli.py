@@ -14,6 +14,7 @@ from client.menu.commands import COMMANDS, console, setup
 from client.site_profile import load_profile
 from shared.cli_types import version_number
 from shared.errors import FLError
+from shared.protocol import DP_ENGINES
 from shared.logging_setup import configure_logging
 from shared.settings import load_settings
 from shared.terminal import print_error
@@ -34,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     setup_parser.add_argument("--budget-delta", type=float, default=1e-5)
     setup_parser.add_argument("--backbone-weights", type=Path, help="local ResNet50 weights file (.h5)")
     setup_parser.add_argument("--tls-ca", type=Path, help="the federation's ca.pem when the server uses TLS")
+    setup_parser.add_argument("--dp-engine", choices=DP_ENGINES, default=DP_ENGINES[0],
+                              help="DP-SGD engine of this site's requests (default %(default)s)")
 
     request = commands.add_parser("request", help="send a training request")
     request.add_argument("--rounds", type=int, default=3)
@@ -43,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     noise.add_argument("--noise", type=float, help="noise multiplier (instead of a target epsilon)")
     request.add_argument("--delta", type=float, help="default: the site's budget delta")
     request.add_argument("--clip", type=float, default=1.0, help="per-example L2 clip norm")
+    request.add_argument("--dp-engine", choices=DP_ENGINES, help="DP-SGD engine (default: the site's)")
     request.add_argument("--note", default="")
     request.add_argument("--train", action="store_true", help="wait for approval, then train")
     request.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for approval (--train)")

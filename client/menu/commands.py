@@ -37,21 +37,23 @@ def setup(args: argparse.Namespace, settings: Settings) -> int:
     profile = site_actions.setup_site(
         settings, site=args.site, token=args.token, data_root=args.data, server_host=host, server_port=port,
         budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta, backbone_weights=args.backbone_weights,
-        tls_ca=args.tls_ca)
+        tls_ca=args.tls_ca, dp_engine=args.dp_engine)
     print_setup(console, profile)
     return 0
 
 
 def print_setup(out: Console, profile: SiteProfile) -> None:
     out.print(f"site {profile.site} set up: data {profile.data_root}, server "
-              f"{profile.server_host}:{profile.server_port}, budget epsilon {profile.budget_epsilon:g}")
+              f"{profile.server_host}:{profile.server_port}, budget epsilon {profile.budget_epsilon:g}, "
+              f"DP engine {profile.dp_engine}")
 
 
 def send_request(out: Console, profile: SiteProfile, *, rounds: int, local_epochs: int, dp: dict,
                  note: str) -> str:
     """Check the budget, send the request, say so; returns its label (``REQ-n``)."""
     view = site_actions.request_training(profile, rounds=rounds, local_epochs=local_epochs, dp=dp, note=note)
-    out.print(f"sent {view.label} ({view.state}); the admin will approve or reject it")
+    out.print(f"sent {view.label} ({view.state}) with DP engine {dp.get('engine', 'dp-model')}; "
+              "the admin will approve or reject it")
     return view.label
 
 
@@ -89,7 +91,7 @@ def evaluate(out: Console, profile: SiteProfile, number: int) -> None:
 
 def _request(args: argparse.Namespace, profile: SiteProfile) -> int:
     dp = site_actions.dp_request(profile, target_epsilon=args.target_epsilon, noise=args.noise, delta=args.delta,
-                                 clip=args.clip)
+                                 clip=args.clip, engine=args.dp_engine)
     label = send_request(console, profile, rounds=args.rounds, local_epochs=args.local_epochs, dp=dp, note=args.note)
     return train_request(console, profile, label, args.timeout) if args.train else 0
 

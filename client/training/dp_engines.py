@@ -36,9 +36,10 @@ from tensorflow_privacy.privacy.optimizers.dp_optimizer_keras_vectorized import 
 from client.training.per_example_clipping import ClippedGradientSum, correct_count, per_example_loss
 from shared.errors import ConfigError
 from shared.privacy_accounting import DpSchedule
+from shared.protocol import DP_ENGINES, DpEngine
 
-EngineName = Literal["dp-model", "keras-optimizer"]
-ENGINES: tuple[str, ...] = ("dp-model", "keras-optimizer")
+EngineName = DpEngine
+ENGINES = DP_ENGINES
 OptimizerName = Literal["sgd", "adam"]
 
 

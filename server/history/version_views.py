@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Group, RenderableType
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -58,10 +59,11 @@ def rounds_table(rounds: list[RoundInfo], title: str = "Per-round metrics") -> T
 
 
 def privacy_table(dp_summary: dict[str, Any], title: str = "Privacy reported by the sites") -> Table:
-    table = narrow_table(title, "site", "epsilon (session)", "delta", "noise mult.", "examples")
+    table = narrow_table(title, "site", "epsilon (session)", "delta", "noise mult.", "examples", "DP engine")
     for site, report in sorted(dp_summary.items()):
         table.add_row(site, f"{report.get('epsilon', float('nan')):.3f}", f"{report.get('delta', 0):g}",
-                      f"{report.get('noise_multiplier', float('nan')):.3f}", str(report.get("examples", "")))
+                      f"{report.get('noise_multiplier', float('nan')):.3f}", str(report.get("examples", "")),
+                      escape(str(report.get("dp_engine", ""))))
     return table
 
 

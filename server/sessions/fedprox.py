@@ -21,6 +21,7 @@ from flwr.server.strategy.aggregate import aggregate
 
 from server.sessions.update_validation import update_problem, weighted_mean
 from shared.errors import SessionFailedError
+from shared.protocol import DP_ENGINES
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ SECRET_KEY = "session_secret"
 #: Metrics a site reports with every fit; averaged (weighted by examples) into the round record.
 AVERAGED_METRICS = ("loss", "accuracy")
 #: Privacy metrics a site reports with every fit; kept per site, never averaged across sites.
-PRIVACY_METRICS = ("epsilon", "delta", "noise_multiplier")
+#: ``dp_engine`` is kept only when it names a known engine (it is shown to analysts).
+PRIVACY_METRICS = ("epsilon", "delta", "noise_multiplier", "dp_engine")
 
 RoundRecorder = Callable[[int, str, dict[str, Any], dict[str, dict[str, Any]]], None]
 RejectionLogger = Callable[[int, str, str, str], None]
@@ -135,7 +137,8 @@ class AdmittedFedProx(FedProx):
         per_site = {a.site: {**a.metrics, "examples": a.result.num_examples} for a in admitted}
         for site, metrics in per_site.items():
             self.privacy_report[site] = {
-                key: metrics[key] for key in (*PRIVACY_METRICS, "examples") if key in metrics
+                key: metrics[key] for key in (*PRIVACY_METRICS, "examples")
+                if key in metrics and (key != "dp_engine" or metrics[key] in DP_ENGINES)
             }
         summary = self._summarise(admitted, lambda a: a.metrics.get("loss"))
         self.last_metrics["fit"] = summary
