@@ -9,7 +9,12 @@ import tensorflow as tf
 from client.training.dp_engines import ENGINES
 from client.training.dp_training import DPConfig, LocalSettings, train_dp
 from client.training.examples import TrainingExamples
-from shared.classifier import FEATURE_DIM, build_head, get_trainable_weights, set_trainable_weights
+from shared.classifier import (
+    FEATURE_DIM,
+    build_head,
+    get_trainable_weights,
+    set_trainable_weights,
+)
 from shared.errors import ConfigError
 from shared.privacy_accounting import DpSchedule
 

@@ -14,8 +14,8 @@ from client.menu.commands import COMMANDS, console, setup
 from client.site_profile import load_profile
 from shared.cli_types import version_number
 from shared.errors import FLError
-from shared.protocol import DP_ENGINES
 from shared.logging_setup import configure_logging
+from shared.protocol import DP_ENGINES
 from shared.settings import load_settings
 from shared.terminal import print_error
 

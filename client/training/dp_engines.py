@@ -33,7 +33,11 @@ from tensorflow_privacy.privacy.optimizers.dp_optimizer_keras_vectorized import 
     VectorizedDPKerasSGDOptimizer,
 )
 
-from client.training.per_example_clipping import ClippedGradientSum, correct_count, per_example_loss
+from client.training.per_example_clipping import (
+    ClippedGradientSum,
+    correct_count,
+    per_example_loss,
+)
 from shared.errors import ConfigError
 from shared.privacy_accounting import DpSchedule
 from shared.protocol import DP_ENGINES, DpEngine
@@ -113,7 +117,8 @@ class KerasOptimizerEngine:
                                num_microbatches=None, learning_rate=learning_rate),
             loss=tf.keras.losses.SparseCategoricalCrossentropy(reduction=tf.keras.losses.Reduction.NONE),
         )
-        self.trainer.optimizer._create_all_weights(model.trainable_variables)  # noqa: SLF001 (no public build)
+        # Slots exist before any graph loop (legacy optimizers have no public ``build``).
+        self.trainer.optimizer._create_all_weights(model.trainable_variables)
         self.update = ExpectedBatchUpdate(model, schedule.sampling_rate * n, proximal_mu, self.trainer.optimizer)
 
     @property
@@ -129,7 +134,7 @@ class KerasOptimizerEngine:
             losses = self.trainer.loss(y, probabilities) * mask
         # The optimizer's documented DP gradient (clip per row, sum, noise, / rows); the protected
         # name is what its own ``minimize`` calls, and the only way to rescale before applying.
-        grads_and_vars = self.trainer.optimizer._compute_gradients(losses, variables, tape=tape)  # noqa: SLF001
+        grads_and_vars = self.trainer.optimizer._compute_gradients(losses, variables, tape=tape)
         rows = tf.cast(tf.shape(y)[0], tf.float32)
         self.update.apply([g * rows for g, _ in grads_and_vars])  # (sum + noise) / rows * rows
         return tf.reduce_sum(per_example_loss(y, probabilities) * mask), correct_count(y, probabilities, mask)

@@ -31,9 +31,19 @@ import dp_accounting
 import numpy as np
 import tensorflow as tf
 
-from client.training.dp_engines import ENGINES, Engine, EngineName, OptimizerName, make_engine
+from client.training.dp_engines import (
+    ENGINES,
+    Engine,
+    EngineName,
+    OptimizerName,
+    make_engine,
+)
 from client.training.examples import TrainingExamples
-from client.training.poisson_sampling import epoch_boundaries, os_seeded_generator, poisson_sample
+from client.training.poisson_sampling import (
+    epoch_boundaries,
+    os_seeded_generator,
+    poisson_sample,
+)
 from shared.classifier import get_trainable_weights
 from shared.errors import ConfigError
 from shared.privacy_accounting import DpSchedule

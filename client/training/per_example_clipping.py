@@ -25,12 +25,17 @@ which ``shared.classifier`` guarantees), or no per-example gradient exists at al
 from __future__ import annotations
 
 import tensorflow as tf
-from tensorflow_privacy.privacy.fast_gradient_clipping import clip_grads, gradient_clipping_utils
+from tensorflow_privacy.privacy.fast_gradient_clipping import (
+    clip_grads,
+    gradient_clipping_utils,
+)
 from tensorflow_privacy.privacy.fast_gradient_clipping.layer_registry import (
     LayerRegistry,
     make_default_layer_registry,
 )
-from tensorflow_privacy.privacy.optimizers.dp_optimizer_keras_vectorized import clip_gradients_vmap
+from tensorflow_privacy.privacy.optimizers.dp_optimizer_keras_vectorized import (
+    clip_gradients_vmap,
+)
 
 Gradients = list[tf.Tensor]
 #: Examples whose per-example gradients are materialised at once on the vectorised path.
