@@ -7,10 +7,13 @@ is ``epochs * ceil(n / B)``, not the schedule's.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from client.training.data import SiteData
 from client.training.dp_engines import ENGINES
 from client.training.dp_training import LocalSettings, train_dp
 from client.training.examples import TrainingExamples
@@ -130,3 +133,19 @@ def test_fused_ghost_clipping_equals_vectorised_per_example_clipping() -> None:
     for path in (fused, vectorised):
         sums, loss, correct = path(empty_x, empty_y)
         assert all(not np.any(s.numpy()) for s in sums) and float(loss) == 0.0 and float(correct) == 0.0
+
+
+def test_images_stay_uint8_and_are_augmented_per_example_after_the_gather() -> None:
+    n = 6
+    pixels = np.random.default_rng(0).integers(0, 256, (n, 16, 16)).astype(np.uint8)
+    data = SiteData([Path(f"{i}.jpg") for i in range(n)], pixels, np.arange(n, dtype=np.int32) % 4,
+                    np.arange(n), np.zeros(0, int))
+    plain = TrainingExamples.from_images(data, np.arange(n))
+    assert plain.inputs.dtype == tf.uint8
+    x, y = plain.batch(tf.constant([2, 5]))
+    np.testing.assert_allclose(x.numpy()[:, :, :, 0], pixels[[2, 5]] / 255.0, atol=1e-6)
+    assert x.shape == (2, 16, 16, 3) and y.numpy().tolist() == [2, 1]
+    augmented, _ = TrainingExamples.from_images(data, np.arange(n), augment=True).batch(tf.constant([0, 0, 0]))
+    assert not np.allclose(augmented[0], augmented[1]) and not np.allclose(augmented[1], augmented[2])
+    with pytest.raises(ValueError, match="labels"):
+        TrainingExamples.from_arrays(np.zeros((3, 2)), np.zeros(2))
