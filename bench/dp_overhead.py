@@ -6,7 +6,9 @@ Same 2048->256->4 head, same random features, one process. Arms:
 - ``plain-loop``: the DP trainer's own Poisson loop with a plain mean gradient (no clip, no noise);
 - ``dp-model``: the default DP engine (fused ghost-norm clipping, noise, Poisson sampling);
 - ``dp-model-no-noise``: the same with noise multiplier 0, i.e. what everything but the noise costs;
-- ``keras-optimizer``: TF-Privacy's vectorised DP-Keras SGD optimizer engine (slow; fewer steps).
+- ``keras-optimizer``: TF-Privacy's vectorised DP-Keras SGD optimizer engine (slow; fewer steps);
+- ``dpmodel-fit (before)``: what main trained with before Poisson sampling, TF-Privacy's ``DPModel``
+  under Keras ``fit`` on shuffled fixed-size batches (noise divided by the realised batch).
 
 Each arm is built and traced once, then the arms run in turn, ``--repeats`` times interleaved, so
 load on this shared machine hits all of them alike; each figure is the median (min-max) of those
@@ -26,6 +28,10 @@ from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
+from tensorflow_privacy.privacy.fast_gradient_clipping.layer_registry import (
+    make_default_layer_registry,
+)
+from tensorflow_privacy.privacy.keras_models.dp_keras_model import DPModel
 
 from client.training.dp_engines import ExpectedBatchUpdate, make_engine
 from client.training.dp_training import sampled_step_loop
@@ -71,8 +77,12 @@ def _loop_arm(engine, examples: TrainingExamples, rate: float, generator: tf.ran
     return lambda steps: run(tf.constant(steps))[0].numpy()
 
 
-def _fit_arm(features: np.ndarray, labels: np.ndarray, batch: int, learning_rate: float) -> Arm:
+def _fit_arm(features: np.ndarray, labels: np.ndarray, batch: int, learning_rate: float, *,
+             dp_model: bool = False) -> Arm:
     model = build_head(seed=0)
+    if dp_model:
+        model = DPModel(l2_norm_clip=1.0, noise_multiplier=1.0, use_xla=False,
+                        layer_registry=make_default_layer_registry(), inputs=model.inputs, outputs=model.outputs)
     model.compile(optimizer=tf.keras.optimizers.SGD(learning_rate),
                   loss=tf.keras.losses.SparseCategoricalCrossentropy())
     batches = (tf.data.Dataset.from_tensor_slices((features, labels)).shuffle(len(labels))
@@ -95,6 +105,7 @@ def _arms(features: np.ndarray, labels: np.ndarray, batch: int, learning_rate: f
         built = make_engine(engine, build_head(seed=0), schedule, n, learning_rate=learning_rate,
                             proximal_mu=0.0, optimizer="sgd", noise=generator)
         arms[name] = _loop_arm(built, examples, rate, generator)
+    arms["dpmodel-fit (before)"] = _fit_arm(features, labels, batch, learning_rate, dp_model=True)
     return arms
 
 
