@@ -9,7 +9,6 @@ import pytest
 import tensorflow as tf
 
 from client.training.data import load_site_data
-from client.training.dp_engines import ENGINES
 from client.training.dp_training import LocalSettings, train_dp
 from client.training.examples import TrainingExamples
 from client.training.feature_cache import compute_features
@@ -21,6 +20,7 @@ from shared.classifier import (
     set_trainable_weights,
 )
 from shared.privacy_accounting import DpSchedule, epsilon_for, noise_for_target_epsilon
+from shared.protocol import DP_ENGINES
 from tests.conftest_client import IMAGE_SIZE
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ def test_backbone_is_deterministic_from_the_seed(classifier) -> None:
     assert backbone_fingerprint(other.full) != backbone_fingerprint(classifier.full)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", DP_ENGINES)
 def test_dp_step_is_the_mean_of_clipped_per_example_gradients(head, features, engine: str) -> None:
     """Sampling rate 1 takes every example: the step is exactly the mean of the clipped gradients."""
     x, y = features[0][:16], features[1][:16]
@@ -90,7 +90,7 @@ def test_dp_step_is_the_mean_of_clipped_per_example_gradients(head, features, en
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", DP_ENGINES)
 def test_proximal_term_pulls_toward_global_and_spends_nothing(head, features, engine: str) -> None:
     x, y = features[0][:64], features[1][:64]
     data = TrainingExamples.from_arrays(x, y)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from client.training.dp_engines import ENGINES
 from client.training.dp_training import DPConfig, LocalSettings, train_dp
 from client.training.examples import TrainingExamples
 from shared.classifier import (
@@ -17,6 +16,7 @@ from shared.classifier import (
 )
 from shared.errors import ConfigError
 from shared.privacy_accounting import DpSchedule
+from shared.protocol import DP_ENGINES
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +34,11 @@ def _distance(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 def test_both_engines_give_the_same_dp_event() -> None:
     schedule = DpSchedule.for_epochs(noise_multiplier=1.3, l2_norm_clip=0.7, examples=80, batch_size=16, epochs=2)
     events = {engine: train_dp(build_head(seed=0), _examples(80), schedule,
-                               LocalSettings(0.05, engine=engine)).event for engine in ENGINES}
+                               LocalSettings(0.05, engine=engine)).event for engine in DP_ENGINES}
     assert events["dp-model"] == events["keras-optimizer"] == schedule.event()
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", DP_ENGINES)
 def test_one_example_with_a_huge_gradient_moves_the_weights_by_at_most_lr_c(engine: str) -> None:
     head = build_head(seed=0)
     output = head.get_layer("head_output")
@@ -50,7 +50,7 @@ def test_one_example_with_a_huge_gradient_moves_the_weights_by_at_most_lr_c(engi
     assert 0.99 * lr * clip <= moved <= lr * clip * (1 + 1e-5)  # clipped, and the clip was active
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", DP_ENGINES)
 def test_with_noise_the_step_is_the_clipped_one_plus_noise_of_the_scheduled_size(engine: str) -> None:
     """The same single huge example, with noise: the update is at most lr*C plus lr*sigma*C*sqrt(d)-ish."""
     head = build_head(seed=0)
@@ -64,7 +64,7 @@ def test_with_noise_the_step_is_the_clipped_one_plus_noise_of_the_scheduled_size
     assert abs(_distance(get_trainable_weights(head), before) - noise_norm) <= lr * clip + 0.01 * noise_norm
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", DP_ENGINES)
 def test_fedprox_pulls_toward_the_global_weights(engine: str) -> None:
     head = build_head(seed=0)
     w_global = get_trainable_weights(head)
@@ -81,7 +81,7 @@ def test_fedprox_pulls_toward_the_global_weights(engine: str) -> None:
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_both_engines_take_sgd_and_adam(optimizer: str) -> None:
-    for engine in ENGINES:
+    for engine in DP_ENGINES:
         result = train_dp(build_head(seed=0), _examples(40), DpSchedule(1.0, 0.25, 3, 1.0),
                           LocalSettings(0.01, optimizer=optimizer, engine=engine))
         assert result.steps == 3 and all(np.all(np.isfinite(w)) for w in result.weights)

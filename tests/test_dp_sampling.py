@@ -14,13 +14,13 @@ import pytest
 import tensorflow as tf
 
 from client.training.data import SiteData
-from client.training.dp_engines import ENGINES
 from client.training.dp_training import LocalSettings, train_dp
 from client.training.examples import TrainingExamples
 from client.training.per_example_clipping import ClippedGradientSum
 from client.training.poisson_sampling import epoch_boundaries, os_seeded_generator
 from shared.classifier import FEATURE_DIM, build_head, get_trainable_weights
 from shared.privacy_accounting import DpSchedule, epsilon_for
+from shared.protocol import DP_ENGINES
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,7 @@ def test_generators_are_seeded_by_the_os() -> None:
     assert not np.array_equal(*draws)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", DP_ENGINES)
 def test_noise_on_the_update_is_sigma_c_over_the_expected_batch(engine: str) -> None:
     """Zero features give the hidden kernel zero per-example gradients: its change is the noise."""
     n, rate, sigma, clip = 100, 0.205, 2.0, 0.5  # q*n = 20.5 is no realisable batch size
@@ -78,7 +78,7 @@ def test_noise_on_the_update_is_sigma_c_over_the_expected_batch(engine: str) -> 
     assert abs(change.mean()) < 0.01 * expected
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", DP_ENGINES)
 def test_an_empty_step_still_adds_noise(engine: str) -> None:
     n, rate = 10, 1e-6  # P(any example sampled) = 1e-5
     change, sizes = _kernel_change(engine, _examples(n), DpSchedule(1.0, rate, 1, 1.0))
@@ -86,7 +86,7 @@ def test_an_empty_step_still_adds_noise(engine: str) -> None:
     assert abs(change.std() / (1.0 / (rate * n)) - 1) < 0.02
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", DP_ENGINES)
 def test_the_dp_event_is_the_run(engine: str) -> None:
     n = 150
     schedule = DpSchedule.for_epochs(noise_multiplier=1.1, l2_norm_clip=1.0, examples=n, batch_size=16, epochs=3)

@@ -40,10 +40,8 @@ from client.training.per_example_clipping import (
 )
 from shared.errors import ConfigError
 from shared.privacy_accounting import DpSchedule
-from shared.protocol import DP_ENGINES, DpEngine
+from shared.protocol import DP_ENGINES
 
-EngineName = DpEngine
-ENGINES = DP_ENGINES
 OptimizerName = Literal["sgd", "adam"]
 
 
@@ -142,8 +140,8 @@ class KerasOptimizerEngine:
 
 def refuse_unkept_rules(engine: str) -> None:
     """Refuse an engine that could not keep one of the privacy rules in this process, naming it."""
-    if engine not in ENGINES:
-        raise ConfigError(f"unknown DP engine {engine!r}", hint=f"Choose one of {', '.join(ENGINES)}.")
+    if engine not in DP_ENGINES:
+        raise ConfigError(f"unknown DP engine {engine!r}", hint=f"Choose one of {', '.join(DP_ENGINES)}.")
     if engine == "keras-optimizer" and random_seed.get_seed(None)[0] is not None:
         raise ConfigError(
             "the keras-optimizer engine cannot keep the rule 'noise is never seeded': a global "

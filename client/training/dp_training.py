@@ -31,13 +31,7 @@ import dp_accounting
 import numpy as np
 import tensorflow as tf
 
-from client.training.dp_engines import (
-    ENGINES,
-    Engine,
-    EngineName,
-    OptimizerName,
-    make_engine,
-)
+from client.training.dp_engines import Engine, OptimizerName, make_engine
 from client.training.examples import TrainingExamples
 from client.training.poisson_sampling import (
     epoch_boundaries,
@@ -47,6 +41,7 @@ from client.training.poisson_sampling import (
 from shared.classifier import get_trainable_weights
 from shared.errors import ConfigError
 from shared.privacy_accounting import DpSchedule
+from shared.protocol import DP_ENGINES, DpEngine
 
 #: Called after every "epoch" of steps (about 1/q of them) with (epoch, loss, accuracy).
 EpochCallback = Callable[[int, float, float], None]
@@ -61,7 +56,7 @@ class DPConfig:
     noise_multiplier: float | None = None
     target_epsilon: float | None = None
     optimizer: OptimizerName = "sgd"
-    engine: EngineName = "dp-model"
+    engine: DpEngine = "dp-model"
 
     def __post_init__(self) -> None:
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
@@ -74,8 +69,8 @@ class DPConfig:
             raise ConfigError(f"need 0 < delta < 1 and l2_norm_clip > 0 (got {self})")
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"optimizer must be 'sgd' or 'adam' (got {self.optimizer!r})")
-        if self.engine not in ENGINES:
-            raise ConfigError(f"engine must be one of {', '.join(ENGINES)} (got {self.engine!r})")
+        if self.engine not in DP_ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(DP_ENGINES)} (got {self.engine!r})")
 
 
 @dataclass(frozen=True)
@@ -85,7 +80,7 @@ class LocalSettings:
     learning_rate: float
     proximal_mu: float = 0.0
     optimizer: OptimizerName = "sgd"
-    engine: EngineName = "dp-model"
+    engine: DpEngine = "dp-model"
 
     def __post_init__(self) -> None:
         if self.learning_rate <= 0 or self.proximal_mu < 0:
