@@ -6,6 +6,8 @@ Same 2048->256->4 head, same random features, one process. Arms:
 - ``plain-loop``: the DP trainer's own Poisson loop with a plain mean gradient (no clip, no noise);
 - ``dp-model``: the default DP engine (fused ghost-norm clipping, noise, Poisson sampling);
 - ``dp-model-no-noise``: the same with noise multiplier 0, i.e. what everything but the noise costs;
+- ``noise-draw-only``: the sampling and the Gaussian noise draw of a step alone (no model): the
+  ceiling on any DP-SGD step's throughput here, since every step noises all 526k head weights;
 - ``keras-optimizer``: TF-Privacy's vectorised DP-Keras SGD optimizer engine (slow; fewer steps);
 - ``dpmodel-fit (before)``: what main trained with before Poisson sampling, TF-Privacy's ``DPModel``
   under Keras ``fit`` on shuffled fixed-size batches (noise divided by the realised batch).
@@ -71,6 +73,20 @@ class _PlainEngine:
         return total, correct_count(y, probabilities)
 
 
+class _NoiseOnlyEngine:
+    """Draws one step's noise for the head's trainable shapes and nothing else."""
+
+    name = "noise-draw-only"
+
+    def __init__(self, model: tf.keras.Model, generator: tf.random.Generator) -> None:
+        self.shapes = [v.shape for v in model.trainable_variables]
+        self.generator = generator
+
+    def step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        drawn = tf.add_n([tf.reduce_sum(self.generator.normal(shape)[:1]) for shape in self.shapes])
+        return drawn, tf.constant(0.0)  # used, so the draw cannot be pruned
+
+
 def _loop_arm(engine, examples: TrainingExamples, rate: float, generator: tf.random.Generator) -> Arm:  # type: ignore[no-untyped-def]
     run = sampled_step_loop(engine, examples, rate, generator)
     run(tf.constant(2))  # trace and first-touch allocation, untimed
@@ -106,6 +122,8 @@ def _arms(features: np.ndarray, labels: np.ndarray, batch: int, learning_rate: f
                             proximal_mu=0.0, optimizer="sgd", noise=generator)
         arms[name] = _loop_arm(built, examples, rate, generator)
     arms["dpmodel-fit (before)"] = _fit_arm(features, labels, batch, learning_rate, dp_model=True)
+    arms["noise-draw-only"] = _loop_arm(_NoiseOnlyEngine(build_head(seed=0), generator), examples, rate,
+                                        generator)
     return arms
 
 
