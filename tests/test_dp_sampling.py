@@ -110,9 +110,13 @@ def test_a_schedule_of_zero_steps_trains_nothing() -> None:
 
 
 def test_epochs_split_the_steps_for_progress_only() -> None:
-    assert epoch_boundaries(29, 16 / 150) == [9, 18, 27, 29]
+    assert epoch_boundaries(29, 16 / 150) == [10, 19, 29]
     assert epoch_boundaries(3, 1.0) == [1, 2, 3]
     assert epoch_boundaries(0, 0.1) == []
+    for n, batch, epochs in [(150, 16, 3), (320, 64, 1), (125, 16, 5), (7, 64, 4), (1000, 3, 2)]:
+        schedule = DpSchedule.for_epochs(noise_multiplier=1.0, l2_norm_clip=1.0, examples=n,
+                                         batch_size=batch, epochs=epochs)
+        assert len(epoch_boundaries(schedule.steps, schedule.sampling_rate)) == epochs
 
 
 def test_fused_ghost_clipping_equals_vectorised_per_example_clipping() -> None:

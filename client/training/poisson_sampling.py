@@ -14,6 +14,7 @@ known seed would let anyone who sees the weights undo the noise or the sampling.
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -35,13 +36,15 @@ def poisson_sample(generator: tf.random.Generator, n: int, rate: float) -> tf.Te
 
 
 def epoch_boundaries(steps: int, rate: float) -> list[int]:
-    """Step counts after which an "epoch" (about ``1/rate`` steps) ends, for progress only.
+    """Step counts after which an "epoch" ends, for progress only: ``ceil(e / rate)``, then ``steps``.
 
     Under Poisson sampling an epoch is not a pass over the data, just ``1/rate`` steps in
-    expectation; the last chunk takes whatever steps remain.
+    expectation. A schedule of ``ceil(E / rate)`` steps (``DpSchedule.for_epochs``) thus shows
+    exactly ``E`` epochs.
     """
-    if steps <= 0:
-        return []
-    per_epoch = max(1, round(1.0 / rate))
-    ends = list(range(per_epoch, steps, per_epoch))
-    return [*ends, steps]
+    ends: list[int] = []
+    epoch = 1
+    while steps > 0 and math.ceil(epoch / rate) < steps:
+        ends.append(math.ceil(epoch / rate))
+        epoch += 1
+    return [*ends, steps] if steps > 0 else []
