@@ -22,13 +22,15 @@ from shared.logging_setup import quiet_script  # noqa: E402
 quiet_script(__file__)  # before TensorFlow: its start-up lines go to the log file, not here
 import tensorflow as tf  # noqa: E402
 
-from client.training.data import image_dataset, load_site_data  # noqa: E402
-from client.training.dp_training import DPConfig, LocalTraining, train_dp  # noqa: E402
+from client.training.data import load_site_data  # noqa: E402
+from client.training.dp_training import LocalSettings, train_dp  # noqa: E402
+from client.training.examples import TrainingExamples  # noqa: E402
 from client.training.feature_cache import cached_features  # noqa: E402
 from scripts.make_sample_data import generate_sample_dataset  # noqa: E402
 from shared.classifier import build_classifier  # noqa: E402
+from shared.privacy_accounting import DpSchedule  # noqa: E402
 
-DP = DPConfig(noise_multiplier=1.0)
+SETTINGS = LocalSettings(learning_rate=0.1)
 
 
 def _timed(action):  # type: ignore[no-untyped-def]
@@ -43,23 +45,22 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="local epochs per round")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
-    local = LocalTraining(epochs=args.epochs, batch_size=args.batch_size, learning_rate=0.1)
 
     with tempfile.TemporaryDirectory() as tmp:
         root, cache = Path(tmp) / "site", Path(tmp) / "cache"
         generate_sample_dataset(root, per_class=125, image_size=args.image_size, seed=0)
         data = load_site_data(root, image_size=args.image_size, val_fraction=0.0)
         classifier = build_classifier(args.image_size)
-        images = image_dataset(data, data.train_index)
+        images = TrainingExamples.from_images(data, data.train_index)
+        schedule = DpSchedule.for_epochs(noise_multiplier=1.0, l2_norm_clip=1.0, examples=data.n_train,
+                                         batch_size=args.batch_size, epochs=args.epochs)
 
-        _, uncached = _timed(lambda: train_dp(classifier.full, images, data.n_train,
-                                              noise_multiplier=1.0, dp=DP, local=local))
+        _, uncached = _timed(lambda: train_dp(classifier.full, images, schedule, SETTINGS))
         _, fill = _timed(lambda: cached_features(cache, data, args.image_size, classifier.features))
 
         def cached_round() -> None:
             features = cached_features(cache, data, args.image_size, classifier.features)
-            pairs = tf.data.Dataset.from_tensor_slices((features, data.labels))
-            train_dp(classifier.head, pairs, data.n_train, noise_multiplier=1.0, dp=DP, local=local)
+            train_dp(classifier.head, TrainingExamples.from_arrays(features, data.labels), schedule, SETTINGS)
 
         _, cached = _timed(cached_round)
 

@@ -1,7 +1,7 @@
 """Head-only DP training on the sample data: random frozen backbone vs a pretrained weights file.
 
 One site's sample data (the hospitals' generator and seed), its backbone features computed once
-per backbone, then the client's own ``train_dp`` (DPModel, RDP accounting, noise calibrated to
+per backbone, then the client's own ``train_dp`` (Poisson-sampled DP-SGD, RDP accounting, noise calibrated to
 each target epsilon) on the training split and accuracy on the validation split. DP noise is not
 seeded, so each cell is the mean (and spread) of ``--repeats`` runs. "no DP" is noise 0 with the
 same clipping.
@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from shared.logging_setup import quiet_script  # noqa: E402
 
 quiet_script(__file__)  # before TensorFlow: its start-up lines go to the log file, not here
-import tensorflow as tf  # noqa: E402
 
 from client.training.data import load_site_data  # noqa: E402
-from client.training.dp_training import DPConfig, LocalTraining, train_dp  # noqa: E402
+from client.training.dp_training import LocalSettings, train_dp  # noqa: E402
+from client.training.examples import TrainingExamples  # noqa: E402
 from client.training.feature_cache import compute_features  # noqa: E402
 from scripts.make_sample_data import generate_sample_dataset  # noqa: E402
 from shared.classifier import (  # noqa: E402
@@ -34,7 +34,7 @@ from shared.classifier import (  # noqa: E402
     get_trainable_weights,
     set_trainable_weights,
 )
-from shared.privacy_accounting import noise_for_target_epsilon  # noqa: E402
+from shared.privacy_accounting import DpSchedule, noise_for_target_epsilon  # noqa: E402
 
 DELTA = 1e-5
 
@@ -53,18 +53,18 @@ def _accuracies(
     x, y = features[data.train_index], data.labels[data.train_index]
     x_val, y_val = features[data.val_index], data.labels[data.val_index]
     initial = get_trainable_weights(classifier.head)
-    local = LocalTraining(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr)
+    examples = TrainingExamples.from_arrays(x, y)
     results: dict[float | None, list[float]] = {}
     for epsilon in args.levels:
         noise = 0.0 if epsilon is None else noise_for_target_epsilon(
-            epsilon, DELTA, len(x), local.batch_size, local.epochs
+            epsilon, DELTA, len(x), args.batch_size, args.epochs
         )
+        schedule = DpSchedule.for_epochs(noise_multiplier=noise, l2_norm_clip=args.clip, examples=len(x),
+                                         batch_size=args.batch_size, epochs=args.epochs)
         results[epsilon] = []
         for _ in range(args.repeats):
             set_trainable_weights(classifier.head, initial)
-            train_dp(classifier.head, tf.data.Dataset.from_tensor_slices((x, y)), len(x),
-                     noise_multiplier=noise,
-                     dp=DPConfig(noise_multiplier=noise, l2_norm_clip=args.clip), local=local)
+            train_dp(classifier.head, examples, schedule, LocalSettings(learning_rate=args.lr))
             predicted = np.argmax(classifier.head.predict(x_val, verbose=0), axis=1)
             results[epsilon].append(float(np.mean(predicted == y_val)))
     return results

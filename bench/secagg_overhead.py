@@ -98,13 +98,13 @@ def _join(port: int, client: ScriptedClient) -> None:
 
 def head_training_time() -> float:
     """One head-only DP round on 500 cached-feature images, as bench/feature_cache.py times it."""
-    import tensorflow as tf
-
     from client.training.data import load_site_data
-    from client.training.dp_training import DPConfig, LocalTraining, train_dp
+    from client.training.dp_training import LocalSettings, train_dp
+    from client.training.examples import TrainingExamples
     from client.training.feature_cache import cached_features
     from scripts.make_sample_data import generate_sample_dataset
     from shared.classifier import build_classifier
+    from shared.privacy_accounting import DpSchedule
 
     with tempfile.TemporaryDirectory() as tmp:
         root, cache = Path(tmp) / "site", Path(tmp) / "cache"
@@ -114,9 +114,9 @@ def head_training_time() -> float:
         cached_features(cache, data, 64, classifier.features)  # fill the cache, untimed
         started = time.perf_counter()
         features = cached_features(cache, data, 64, classifier.features)
-        pairs = tf.data.Dataset.from_tensor_slices((features, data.labels))
-        train_dp(classifier.head, pairs, data.n_train, noise_multiplier=1.0, dp=DPConfig(noise_multiplier=1.0),
-                 local=LocalTraining(epochs=1, batch_size=64, learning_rate=0.1))
+        schedule = DpSchedule.for_epochs(noise_multiplier=1.0, l2_norm_clip=1.0, examples=data.n_train,
+                                         batch_size=64, epochs=1)
+        train_dp(classifier.head, TrainingExamples.from_arrays(features, data.labels), schedule, LocalSettings(0.1))
         return time.perf_counter() - started
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import ConfigError
+from shared.protocol import DEFAULT_DP_ENGINE, DpEngine
 from shared.settings import Settings
 
 PROFILE_NAME = "site.json"
@@ -43,6 +44,8 @@ class SiteProfile(BaseModel):
     count_public: bool = False
     #: The most MRI slices one patient contributes (k); views then also show the patient-level epsilon.
     max_slices_per_patient: int | None = Field(None, ge=1, le=10_000)
+    #: The DP engine this site's requests ask for unless a request names another.
+    dp_engine: DpEngine = DEFAULT_DP_ENGINE
 
     @property
     def ledger_path(self) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import (
     AfterValidator,
@@ -37,6 +37,10 @@ SiteName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]
 Token = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 RequestId = Annotated[int, Field(ge=1, le=2**31)]
 VersionNumber = Annotated[int, Field(ge=0, le=2**31)]
+#: The DP-SGD engines a site may train with (``client.training.dp_engines``), the default first.
+DpEngine = Literal["dp-model", "keras-optimizer"]
+DP_ENGINES: tuple[str, ...] = get_args(DpEngine)
+DEFAULT_DP_ENGINE: DpEngine = "dp-model"
 
 _REQUEST_REF = re.compile(r"(?:REQ-)?([1-9][0-9]{0,9})", re.IGNORECASE)
 
@@ -56,6 +60,8 @@ class DpSpec(_Strict):
     noise_multiplier: Annotated[float, Field(ge=0, le=100)] | None = None
     delta: Annotated[float, Field(gt=0, le=1e-2)]
     l2_norm_clip: Annotated[float, Field(gt=0, le=1e4)]
+    #: Which engine trains it; both keep the same clip, noise, sampling and accounting.
+    engine: DpEngine = DEFAULT_DP_ENGINE
 
     @model_validator(mode="after")
     def _exactly_one_noise_source(self) -> DpSpec:

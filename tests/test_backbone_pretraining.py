@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from client.training.backbone_pretraining import (
     PretrainConfig,
@@ -16,13 +15,14 @@ from client.training.backbone_pretraining import (
     public_image_rng,
 )
 from client.training.data import load_site_data
-from client.training.dp_training import DPConfig, LocalTraining, train_dp
+from client.training.dp_training import LocalSettings, train_dp
+from client.training.examples import TrainingExamples
 from client.training.feature_cache import compute_features
 from scripts.make_sample_data import generate_sample_dataset, image_rng, render_image
 from shared.classifier import backbone_fingerprint, build_classifier
 from shared.dataset_layout import CLASS_NAMES
 from shared.errors import TargetNotEmptyError
-from shared.privacy_accounting import epsilon_for, noise_for_target_epsilon
+from shared.privacy_accounting import DpSchedule, epsilon_for, noise_for_target_epsilon
 
 SIZE = 32
 #: Small enough for the session fixture to stay within about a minute on 2 CPU cores.
@@ -103,10 +103,10 @@ def _dp_head_accuracy(weights: Path | None, root: Path) -> float:
     classifier = build_classifier(SIZE, weights=weights, seed=0)
     features = compute_features(classifier.features, data)
     x, y = features[data.train_index], data.labels[data.train_index]
-    local = LocalTraining(epochs=20, batch_size=64, learning_rate=0.2)
-    noise = noise_for_target_epsilon(EPSILON, 1e-5, len(x), local.batch_size, local.epochs)
-    result = train_dp(classifier.head, tf.data.Dataset.from_tensor_slices((x, y)), len(x),
-                      noise_multiplier=noise, dp=DPConfig(noise_multiplier=noise), local=local)
+    noise = noise_for_target_epsilon(EPSILON, 1e-5, len(x), 64, 20)
+    schedule = DpSchedule.for_epochs(noise_multiplier=noise, l2_norm_clip=1.0, examples=len(x), batch_size=64,
+                                     epochs=20)
+    result = train_dp(classifier.head, TrainingExamples.from_arrays(x, y), schedule, LocalSettings(0.2))
     assert epsilon_for(result.event, 1e-5) <= EPSILON
     probabilities = classifier.head.predict(features[data.val_index], verbose=0)
     return float(np.mean(np.argmax(probabilities, axis=1) == data.labels[data.val_index]))

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from client.training.data import image_dataset, load_site_data
-from client.training.dp_training import DPConfig, LocalTraining, train_dp
+from client.training.data import load_site_data
+from client.training.dp_training import LocalSettings, train_dp
+from client.training.examples import TrainingExamples
 from client.training.feature_cache import compute_features
 from shared.classifier import (
     backbone_fingerprint,
@@ -18,7 +19,8 @@ from shared.classifier import (
     initial_global_weights,
     set_trainable_weights,
 )
-from shared.privacy_accounting import epsilon_for, noise_for_target_epsilon
+from shared.privacy_accounting import DpSchedule, epsilon_for, noise_for_target_epsilon
+from shared.protocol import DP_ENGINES
 from tests.conftest_client import IMAGE_SIZE
 
 pytestmark = pytest.mark.slow
@@ -66,36 +68,38 @@ def test_backbone_is_deterministic_from_the_seed(classifier) -> None:
     assert backbone_fingerprint(other.full) != backbone_fingerprint(classifier.full)
 
 
-def test_dp_step_is_the_mean_of_clipped_per_example_gradients(head, features) -> None:
+@pytest.mark.parametrize("engine", DP_ENGINES)
+def test_dp_step_is_the_mean_of_clipped_per_example_gradients(head, features, engine: str) -> None:
+    """Sampling rate 1 takes every example: the step is exactly the mean of the clipped gradients."""
     x, y = features[0][:16], features[1][:16]
     before = get_trainable_weights(head)
-    per_example = []
+    per_example, norms = [], []
     for i in range(len(x)):
         with tf.GradientTape() as tape:
             loss = tf.keras.losses.sparse_categorical_crossentropy(y[i : i + 1], head(x[i : i + 1]))
         grads = tape.gradient(loss, head.trainable_variables)
         norm = np.sqrt(sum(float(tf.reduce_sum(g * g)) for g in grads))
+        norms.append(norm)
         per_example.append([g.numpy() * min(1.0, CLIP / norm) for g in grads])
     expected = [w - np.mean(gs, axis=0) for w, gs in zip(before, zip(*per_example))]
 
-    train_dp(head, tf.data.Dataset.from_tensor_slices((x, y)), len(x), noise_multiplier=0.0,
-             dp=DPConfig(noise_multiplier=0.0, l2_norm_clip=CLIP),
-             local=LocalTraining(epochs=1, batch_size=len(x), learning_rate=1.0))
+    assert max(norms) > CLIP * 1.01  # clipping matters here
+    train_dp(head, TrainingExamples.from_arrays(x, y), DpSchedule(0.0, 1.0, 1, CLIP),
+             LocalSettings(learning_rate=1.0, engine=engine))
     for got, want in zip(get_trainable_weights(head), expected):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
-def test_proximal_term_pulls_toward_global_and_spends_nothing(head, features) -> None:
+@pytest.mark.parametrize("engine", DP_ENGINES)
+def test_proximal_term_pulls_toward_global_and_spends_nothing(head, features, engine: str) -> None:
     x, y = features[0][:64], features[1][:64]
-    data = tf.data.Dataset.from_tensor_slices((x, y))
+    data = TrainingExamples.from_arrays(x, y)
     w_global = get_trainable_weights(head)
 
     def run(mu: float):  # full batch and no noise: the only difference is mu
         set_trainable_weights(head, w_global)
-        result = train_dp(head, data, len(x), noise_multiplier=0.0,
-                          dp=DPConfig(noise_multiplier=0.0, l2_norm_clip=CLIP),
-                          local=LocalTraining(epochs=5, batch_size=len(x), learning_rate=0.5,
-                                              proximal_mu=mu))
+        result = train_dp(head, data, DpSchedule(0.0, 1.0, 5, CLIP),
+                          LocalSettings(learning_rate=0.5, proximal_mu=mu, engine=engine))
         drift = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(result.weights, w_global)))
         return drift, result.event
 
@@ -115,9 +119,9 @@ def test_batchnorm_stays_in_inference_mode(classifier_conv5, lesion_root: Path) 
     conv4_before = model.get_layer("resnet50").get_layer("conv4_block6_3_conv").kernel.numpy().copy()
 
     data = load_site_data(lesion_root, image_size=IMAGE_SIZE)
-    index = data.train_index[:8]
-    train_dp(model, image_dataset(data, index), len(index), noise_multiplier=1.0,
-             dp=DPConfig(noise_multiplier=1.0), local=LocalTraining(1, 4, 0.1))
+    result = train_dp(model, TrainingExamples.from_images(data, data.train_index[:8]),
+                      DpSchedule(1.0, 0.5, 1, 1.0), LocalSettings(learning_rate=0.1))
+    assert result.steps == 1
 
     after = [v.numpy() for layer in bn_layers for v in layer.non_trainable_variables]
     assert all(np.array_equal(a, b) for a, b in zip(stats, after))
@@ -133,10 +137,10 @@ EPSILON = 6.0
 
 def test_dp_training_learns_at_moderate_epsilon(head, features) -> None:
     x, y, x_val, y_val = features
-    local = LocalTraining(epochs=20, batch_size=64, learning_rate=0.2)
-    noise = noise_for_target_epsilon(EPSILON, 1e-5, len(x), local.batch_size, local.epochs)
-    result = train_dp(head, tf.data.Dataset.from_tensor_slices((x, y)), len(x),
-                      noise_multiplier=noise, dp=DPConfig(noise_multiplier=noise), local=local)
+    noise = noise_for_target_epsilon(EPSILON, 1e-5, len(x), 64, 20)
+    schedule = DpSchedule.for_epochs(noise_multiplier=noise, l2_norm_clip=1.0, examples=len(x),
+                                     batch_size=64, epochs=20)
+    result = train_dp(head, TrainingExamples.from_arrays(x, y), schedule, LocalSettings(learning_rate=0.2))
 
     assert epsilon_for(result.event, 1e-5) <= EPSILON
     accuracy = float(np.mean(np.argmax(head.predict(x_val, verbose=0), axis=1) == y_val))

@@ -15,6 +15,7 @@ from client.federation.secure_aggregation import (
     SecureAggregationClient,
 )
 from client.training.dp_training import DPConfig
+from client.training.examples import TrainingExamples
 from client.training.ledger import PrivacyLedger
 from client.training.privacy_contract import RequestTerms
 from server.sessions.secure_aggregation import SecureAggregationRound
@@ -33,7 +34,8 @@ def _dp_site(tmp_path: Path) -> FLClient:
     model = tf.keras.Sequential([tf.keras.Input((8,)), tf.keras.layers.Dense(4, activation="softmax")])
     data = tf.data.Dataset.from_tensor_slices((features, labels))
     return FLClient(
-        LocalData(model=model, train=data, val=data, n_train=64, n_val=64),
+        LocalData(model=model, train=TrainingExamples.from_arrays(features, labels), val=data, n_train=64,
+                  n_val=64),
         dp=DPConfig(**DP),
         ledger=PrivacyLedger(tmp_path / "ledger.db", max_epsilon=100.0, delta=1e-5),
         fingerprint="test",

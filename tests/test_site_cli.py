@@ -85,6 +85,19 @@ def test_request_then_list_it(north: Server, capsys: pytest.CaptureFixture[str])
     assert north.store.get_request(2).dp["target_epsilon"] == 2
 
 
+def test_request_names_its_dp_engine(north: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(capsys, "request", "--rounds", "1", "--noise", "1.0", "--dp-engine", "keras-optimizer")
+    assert code == 0 and "sent REQ-1 (PENDING) with DP engine keras-optimizer" in out
+    code, out = run(capsys, "request", "--rounds", "1", "--noise", "1.0")
+    assert code == 0 and "with DP engine dp-model" in out  # the profile's default
+    assert [north.store.get_request(n).dp["engine"] for n in (1, 2)] == ["keras-optimizer", "dp-model"]
+    code, out = run(capsys, "requests")
+    assert code == 0 and "keras-optimizer" in out
+    with pytest.raises(SystemExit):  # argparse names the choices
+        run(capsys, "request", "--rounds", "1", "--noise", "1.0", "--dp-engine", "fast")
+    assert "dp-model" in capsys.readouterr().err
+
+
 def test_request_over_the_budget_is_refused_before_sending(north: Server,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run(capsys, "request", "--rounds", "5", "--target-epsilon", "50")

@@ -19,7 +19,7 @@ Start it with ``flwr.client.start_client(server_address=..., client=client.to_cl
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,8 @@ from flwr.client import NumPyClient
 from flwr.common import Scalar
 
 from client.training.data import SiteData, image_dataset, load_site_data
-from client.training.dp_training import DPConfig, LocalTraining, TrainResult, train_dp
+from client.training.dp_training import DPConfig, LocalSettings, train_dp
+from client.training.examples import TrainingExamples
 from client.training.feature_cache import cached_features, compute_features
 from client.training.ledger import PrivacyLedger
 from client.training.privacy_contract import RequestTerms, accepted_schedule
@@ -41,7 +42,6 @@ from shared.classifier import (
     set_trainable_weights,
 )
 from shared.errors import ConfigError, ProtocolError
-from shared.privacy_accounting import DpSchedule
 
 #: Called after every local epoch with (round, epoch, loss, accuracy); the figures stay on the site.
 ProgressCallback = Callable[[int, int, float, float], None]
@@ -54,7 +54,7 @@ class LocalData:
     """What trains and on which examples: the head on features, or the full model on images."""
 
     model: tf.keras.Model
-    train: tf.data.Dataset  # unbatched (x, y)
+    train: TrainingExamples  # held whole: Poisson sampling gathers from it
     val: tf.data.Dataset  # unbatched (x, y)
     n_train: int
     n_val: int
@@ -101,39 +101,19 @@ class FLClient(NumPyClient):
             _required(config, key)
         schedule = accepted_schedule(config, self.terms)  # raises before anything is charged
         session_id, round_number = str(config["session_id"]), int(config["round"])
-        training = LocalTraining(
-            epochs=int(config["local_epochs"]),
-            batch_size=int(config["batch_size"]),
-            learning_rate=float(config["learning_rate"]),
-            proximal_mu=float(config.get("proximal_mu", 0.0)),
-        )
+        settings = LocalSettings(learning_rate=float(config["learning_rate"]),
+                                 proximal_mu=float(config.get("proximal_mu", 0.0)),
+                                 optimizer=self.dp.optimizer, engine=self.dp.engine)
         set_trainable_weights(self.local.model, parameters)  # checks shapes before charging
         self.ledger.charge(session_id, schedule.event())  # raises PrivacyBudgetExceeded
-        result = self._train(schedule, training, self._epoch_reporter(round_number))
+        result = train_dp(self.local.model, self.local.train, schedule, settings,
+                          on_epoch=self._epoch_reporter(round_number))
         metrics: dict[str, Scalar] = {
             "round": round_number,
             "backbone_fingerprint": self.fingerprint,
             **self.extra_fit_metrics,
         }
         return result.weights, int(config["examples"]), metrics
-
-    def _train(self, schedule: DpSchedule, training: LocalTraining,
-               on_epoch: Callable[[int, float, float], None] | None) -> TrainResult:
-        """The one call into the trainer, with the accepted schedule's noise and clip.
-
-        Until ``train_dp`` takes the schedule itself (Poisson sampling, dp-core's branch), it
-        trains ``training.epochs`` epochs of fixed batches; then this becomes
-        ``train_dp(..., schedule=schedule, ...)``.
-        """
-        return train_dp(
-            self.local.model,
-            self.local.train,
-            self.local.n_train,
-            noise_multiplier=schedule.noise_multiplier,
-            dp=replace(self.dp, l2_norm_clip=schedule.l2_norm_clip),
-            local=training,
-            on_epoch=on_epoch,
-        )
 
     def evaluate(
         self, parameters: list[np.ndarray], config: dict[str, Scalar]
@@ -204,7 +184,7 @@ def _local_data(
     if classifier.trainable_blocks > 0 or augment:
         return LocalData(
             model=classifier.full,
-            train=image_dataset(data, data.train_index, augment=augment),
+            train=TrainingExamples.from_images(data, data.train_index, augment=augment),
             val=image_dataset(data, data.val_index),
             n_train=data.n_train,
             n_val=data.n_val,
@@ -219,7 +199,7 @@ def _local_data(
 
     return LocalData(
         model=classifier.head,
-        train=split(data.train_index),
+        train=TrainingExamples.from_arrays(features[data.train_index], data.labels[data.train_index]),
         val=split(data.val_index),
         n_train=data.n_train,
         n_val=data.n_val,

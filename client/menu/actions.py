@@ -91,9 +91,13 @@ def planned_epsilon(profile: SiteProfile, *, rounds: int, local_epochs: int, dp:
 
 
 def dp_request(profile: SiteProfile, *, target_epsilon: float | None, noise: float | None,
-               delta: float | None = None, clip: float = 1.0) -> dict[str, Any]:
-    """The ``dp`` part of a request: a target epsilon or a noise multiplier, at the budget's delta."""
-    dp: dict[str, Any] = {"delta": delta or profile.budget_delta, "l2_norm_clip": clip}
+               delta: float | None = None, clip: float = 1.0, engine: str | None = None) -> dict[str, Any]:
+    """The ``dp`` part of a request: a target epsilon or a noise multiplier, at the budget's delta.
+
+    ``engine`` defaults to the site profile's ``dp_engine``.
+    """
+    dp: dict[str, Any] = {"delta": delta or profile.budget_delta, "l2_norm_clip": clip,
+                          "engine": engine or profile.dp_engine}
     if noise is not None:
         dp["noise_multiplier"] = noise
     else:

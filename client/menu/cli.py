@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                               help="send the exact training-image count (default: rounded up to a bucket)")
     setup_parser.add_argument("--slices-per-patient", type=int,
                               help="most MRI slices of one patient; views then show patient-level epsilon")
+    setup_parser.add_argument("--dp-engine", choices=protocol.DP_ENGINES, default=protocol.DEFAULT_DP_ENGINE,
+                              help="DP-SGD engine of this site's requests (default %(default)s)")
 
     request = commands.add_parser("request", help="send a training request")
     request.add_argument("--rounds", type=int, default=3)
@@ -57,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     noise.add_argument("--noise", type=float, help="noise multiplier (instead of a target epsilon)")
     request.add_argument("--delta", type=float, help="default: the site's budget delta")
     request.add_argument("--clip", type=float, default=1.0, help="per-example L2 clip norm")
+    request.add_argument("--dp-engine", choices=protocol.DP_ENGINES, help="DP-SGD engine (default: the site's)")
     request.add_argument("--note", default="")
     request.add_argument("--train", action="store_true", help="wait for approval, then train")
     request.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for approval (--train)")

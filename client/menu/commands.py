@@ -19,6 +19,7 @@ from client.menu.training_display import TrainingDisplay
 from client.site_profile import SiteProfile
 from shared.errors import UsageError
 from shared.progress import ProgressDisplay
+from shared.protocol import DEFAULT_DP_ENGINE
 from shared.settings import Settings
 from shared.terminal import make_console, print_unwrapped
 
@@ -44,14 +45,15 @@ def setup(args: argparse.Namespace, settings: Settings) -> int:
             budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta,
             backbone_weights=args.backbone_weights, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
             tls_key=args.tls_key, count_public=args.count_public,
-            max_slices_per_patient=args.slices_per_patient)
+            max_slices_per_patient=args.slices_per_patient, dp_engine=args.dp_engine)
     print_setup(console, profile)
     return 0
 
 
 def print_setup(out: Console, profile: SiteProfile) -> None:
     print_unwrapped(out, f"site {profile.site} set up: data {profile.data_root}, server "
-                         f"{profile.server_host}:{profile.server_port}, budget epsilon {profile.budget_epsilon:g}")
+                         f"{profile.server_host}:{profile.server_port}, budget epsilon {profile.budget_epsilon:g}, "
+                         f"DP engine {profile.dp_engine}")
 
 
 def send_request(out: Console, profile: SiteProfile, *, rounds: int, local_epochs: int, dp: dict,
@@ -59,7 +61,8 @@ def send_request(out: Console, profile: SiteProfile, *, rounds: int, local_epoch
     """Check the budget, send the request, say so; returns its label (``REQ-n``)."""
     with out.status("checking the images and the privacy budget ..."):
         view = site_actions.request_training(profile, rounds=rounds, local_epochs=local_epochs, dp=dp, note=note)
-    out.print(f"sent {view.label} ({view.state}); the admin will approve or reject it")
+    out.print(f"sent {view.label} ({view.state}) with DP engine {dp.get('engine', DEFAULT_DP_ENGINE)}; "
+              "the admin will approve or reject it")
     return view.label
 
 
@@ -114,7 +117,7 @@ def evaluate(out: Console, profile: SiteProfile | None, model: int | Path, data:
 
 def _request(args: argparse.Namespace, profile: SiteProfile) -> int:
     dp = site_actions.dp_request(profile, target_epsilon=args.target_epsilon, noise=args.noise, delta=args.delta,
-                                 clip=args.clip)
+                                 clip=args.clip, engine=args.dp_engine)
     label = send_request(console, profile, rounds=args.rounds, local_epochs=args.local_epochs, dp=dp, note=args.note)
     return train_request(console, profile, label, args.timeout) if args.train else 0
 

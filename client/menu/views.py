@@ -31,7 +31,7 @@ def requests_table(requests: list[protocol.RequestView]) -> Table:
 
 def dp_text(dp: dict[str, Any]) -> str:
     noise = f"eps<={dp['target_epsilon']:g}" if dp.get("target_epsilon") else f"noise {dp.get('noise_multiplier')}"
-    return f"{noise} d={dp.get('delta', 0):g} clip {dp.get('l2_norm_clip', 0):g}"
+    return f"{noise} d={dp.get('delta', 0):g} clip {dp.get('l2_norm_clip', 0):g} {dp.get('engine', 'dp-model')}"
 
 
 def notifications_table(notes: list[protocol.NotificationView]) -> Table:

@@ -1,52 +1,62 @@
-"""DP-SGD local training with TF-Privacy's DP-Keras model, plus the FedProx proximal term.
+"""DP-SGD local training: exactly the run a ``DpSchedule`` describes, plus the FedProx term.
 
-Clipping and noise come from ``tensorflow_privacy``'s ``DPModel``: it computes per-example
-gradient norms with the fast ("ghost norm") trick when every trainable layer is in its layer
-registry (the dense head: a Dense layer's per-example gradient norm is ``|x| * |dL/dz|``), and
-falls back to vectorised per-example gradients otherwise (unfrozen ResNet stages). Either way
-each example's gradient is clipped to ``l2_norm_clip`` and Gaussian noise of standard deviation
-``noise_multiplier * l2_norm_clip`` is added to the sum before averaging. DPModel works on a
-mean-reduced Keras loss and derives the per-example (reduction NONE) loss from it itself.
+The contract with the accountant (``shared.privacy_accounting.DpSchedule``), kept here:
 
-FedProx: ``DPModel.train_step`` adds the gradients of ``model.losses`` *after* clipping and
-noise (they must be data-independent). The proximal term ``mu/2 * |w - w_global|^2`` is such a
-loss, so its gradient ``mu * (w - w_global)`` joins the noisy gradient there and costs no
-privacy: the DpEvent of a run does not depend on ``mu``. ``w_global`` is the model's trainable
-weights when ``train_dp`` is called, i.e. the weights received at the start of the round.
+- ``schedule.steps`` steps, no more, no fewer: the optimizer's iteration count is checked
+  against it and ``TrainResult.event`` is ``schedule.event()``.
+- Poisson subsampling in every step (``poisson_sampling``): each example joins independently with
+  probability ``schedule.sampling_rate`` from an OS-seeded generator; the realised batch sizes
+  are Binomial, possibly 0, and returned in ``TrainResult.batch_sizes`` for the site's own checks
+  (they depend on ``n``: they never leave the site).
+- Each example's gradient clipped to ``l2_norm_clip``, Gaussian noise of standard deviation
+  ``noise_multiplier * l2_norm_clip`` on the sum, the sum divided by the expected batch size
+  ``q * n`` (``dp_engines``), an empty step noised all the same.
 
-Neither the noise nor the batch shuffling is seeded: a known seed would let anyone undo the
-noise or the sampling.
+FedProx: the proximal gradient ``mu * (w - w_global)`` is data-independent, so it is added after
+clipping and noise and costs no privacy: the DpEvent of a run does not depend on ``mu``.
+``w_global`` is the model's trainable weights when ``train_dp`` is called, i.e. the weights
+received at the start of the round.
+
+Speed: examples live in one tensor (``examples``); a whole "epoch" of steps (sampling, gather,
+clipping, noise, update) runs inside one ``tf.function`` loop, so the per-step cost is the
+arithmetic, not Python or ``tf.data``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
 
 import dp_accounting
 import numpy as np
 import tensorflow as tf
-from tensorflow_privacy.privacy.fast_gradient_clipping import layer_registry
-from tensorflow_privacy.privacy.keras_models.dp_keras_model import DPModel
 
+from client.training.dp_engines import Engine, OptimizerName, make_engine
+from client.training.examples import TrainingExamples
+from client.training.poisson_sampling import (
+    epoch_boundaries,
+    os_seeded_generator,
+    poisson_sample,
+)
 from shared.classifier import get_trainable_weights
 from shared.errors import ConfigError
-from shared.privacy_accounting import dp_sgd_event
+from shared.privacy_accounting import DpSchedule
+from shared.protocol import DP_ENGINES, DpEngine
 
-#: Called after every local epoch with (epoch, loss, accuracy).
+#: Called after every "epoch" of steps (about 1/q of them) with (epoch, loss, accuracy).
 EpochCallback = Callable[[int, float, float], None]
 
 
 @dataclass(frozen=True)
 class DPConfig:
-    """A site's DP parameters: give ``noise_multiplier`` or ``target_epsilon`` (per session)."""
+    """A site's DP parameters: ``noise_multiplier`` or ``target_epsilon`` (per session), the engine."""
 
     delta: float = 1e-5
     l2_norm_clip: float = 1.0
     noise_multiplier: float | None = None
     target_epsilon: float | None = None
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: OptimizerName = "sgd"
+    engine: DpEngine = "dp-model"
 
     def __post_init__(self) -> None:
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
@@ -59,21 +69,27 @@ class DPConfig:
             raise ConfigError(f"need 0 < delta < 1 and l2_norm_clip > 0 (got {self})")
         if self.optimizer not in ("sgd", "adam"):
             raise ConfigError(f"optimizer must be 'sgd' or 'adam' (got {self.optimizer!r})")
+        if self.engine not in DP_ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(DP_ENGINES)} (got {self.engine!r})")
 
 
 @dataclass(frozen=True)
-class LocalTraining:
-    """One round's local training settings (from the server's round config)."""
+class LocalSettings:
+    """What the schedule leaves to the site: step size, proximal weight, optimizer, engine."""
 
-    epochs: int
-    batch_size: int
     learning_rate: float
     proximal_mu: float = 0.0
+    optimizer: OptimizerName = "sgd"
+    engine: DpEngine = "dp-model"
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0 or self.proximal_mu < 0:
+            raise ConfigError(f"need learning_rate > 0 and proximal_mu >= 0 (got {self})")
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What one DP training run produced; ``event`` is its privacy cost."""
+    """What one DP training run produced; ``event`` is its privacy cost, ``batch_sizes`` stay local."""
 
     weights: list[np.ndarray]
     loss: float
@@ -81,96 +97,74 @@ class TrainResult:
     examples: int
     steps: int
     event: dp_accounting.DpEvent
+    engine: str
+    batch_sizes: tuple[int, ...] = field(repr=False, default=())
 
 
 def train_dp(
     model: tf.keras.Model,
-    dataset: tf.data.Dataset,
-    examples: int,
+    examples: TrainingExamples,
+    schedule: DpSchedule,
+    settings: LocalSettings,
     *,
-    noise_multiplier: float,
-    dp: DPConfig,
-    local: LocalTraining,
     on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
-    """Train ``model``'s trainable variables with DP-SGD (+ FedProx) on unbatched (x, y) pairs.
+    """Run ``schedule`` on ``model``'s trainable variables; return the new weights and the event.
 
-    ``examples`` is the dataset size, needed for the privacy accounting. Returns the new
-    trainable weights, the run's mean cross-entropy and accuracy, and its DpEvent.
+    ``loss``/``accuracy`` are the mean cross-entropy and accuracy over the examples sampled in
+    the last epoch of steps (local display only: not privatised).
     """
-    trainer = make_dp_trainer(model, noise_multiplier=noise_multiplier, dp=dp, local=local)
-    batches = dataset.shuffle(examples).batch(local.batch_size).prefetch(tf.data.AUTOTUNE)
-    history = trainer.fit(
-        batches, epochs=local.epochs, verbose=0, callbacks=_callbacks(on_epoch)
-    ).history
-    event = dp_sgd_event(noise_multiplier, examples, local.batch_size, local.epochs)
-    steps = int(trainer.optimizer.iterations.numpy())
-    if steps != event.count:  # the accounting would not describe what ran
-        raise RuntimeError(f"ran {steps} DP steps but the privacy event counts {event.count}")
+    generator = os_seeded_generator()
+    engine = make_engine(
+        settings.engine, model, schedule, examples.size, learning_rate=settings.learning_rate,
+        proximal_mu=settings.proximal_mu, optimizer=settings.optimizer, noise=generator,
+    )
+    run = sampled_step_loop(engine, examples, schedule.sampling_rate, generator)
+    start = int(engine.iterations.numpy())
+    sizes: list[int] = []
+    loss, accuracy = float("nan"), float("nan")
+    for epoch, end in enumerate(epoch_boundaries(schedule.steps, schedule.sampling_rate), start=1):
+        batch_sizes, loss_sum, correct = run(tf.constant(end - len(sizes)))
+        sizes.extend(int(size) for size in batch_sizes.numpy())
+        seen = max(1, int(np.sum(batch_sizes)))
+        loss, accuracy = float(loss_sum) / seen, float(correct) / seen
+        if on_epoch is not None:
+            on_epoch(epoch, loss, accuracy)
+    ran = int(engine.iterations.numpy()) - start
+    if ran != schedule.steps or len(sizes) != schedule.steps:  # the event would not describe the run
+        raise RuntimeError(f"ran {ran} DP steps but the schedule counts {schedule.steps}")
     return TrainResult(
         weights=get_trainable_weights(model),
-        loss=float(history["cross_entropy"][-1]),
-        accuracy=float(history["accuracy"][-1]),
-        examples=examples,
-        steps=steps,
-        event=event,
+        loss=loss,
+        accuracy=accuracy,
+        examples=examples.size,
+        steps=ran,
+        event=schedule.event(),
+        engine=engine.name,
+        batch_sizes=tuple(sizes),
     )
 
 
-def make_dp_trainer(
-    model: tf.keras.Model, *, noise_multiplier: float, dp: DPConfig, local: LocalTraining
-) -> DPModel:
-    """A compiled DPModel over ``model``'s graph: same layers and variables, DP train step.
+def sampled_step_loop(
+    engine: Engine, examples: TrainingExamples, rate: float, generator: tf.random.Generator
+) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
+    """A ``tf.function`` running ``steps`` Poisson-sampled steps of ``engine``.
 
-    TF-Privacy's default registry gives Dense layers fast norms; XLA is left to Keras' defaults
-    so the same code runs on CPU and GPU.
+    It returns the realised batch sizes, the summed loss and the count of correct predictions.
     """
-    trainer = DPModel(
-        l2_norm_clip=dp.l2_norm_clip,
-        noise_multiplier=noise_multiplier,
-        use_xla=False,
-        layer_registry=layer_registry.make_default_layer_registry(),
-        inputs=model.inputs,
-        outputs=model.outputs,
-    )
-    if local.proximal_mu > 0:
-        trainer.add_loss(_proximal_loss(model, local.proximal_mu))
-    trainer.compile(
-        optimizer=_optimizer(dp.optimizer, local.learning_rate),
-        loss=tf.keras.losses.SparseCategoricalCrossentropy(),
-        metrics=[
-            tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-            tf.keras.metrics.SparseCategoricalCrossentropy(name="cross_entropy"),
-        ],
-    )
-    return trainer
+    n = examples.size
 
+    @tf.function
+    def run(steps: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        sizes = tf.TensorArray(tf.int32, size=steps)
+        loss_sum, correct = tf.constant(0.0), tf.constant(0.0)
+        for i in tf.range(steps):
+            indices = poisson_sample(generator, n, rate)
+            x, y = examples.batch(indices)
+            step_loss, step_correct = engine.step(x, y)
+            sizes = sizes.write(i, tf.size(indices))
+            loss_sum += step_loss
+            correct += step_correct
+        return sizes.stack(), loss_sum, correct
 
-def _proximal_loss(model: tf.keras.Model, mu: float) -> Callable[[], tf.Tensor]:
-    """``mu/2 * |w - w_global|^2`` over the trainable variables, ``w_global`` frozen now."""
-    variables = model.trainable_variables
-    anchors = [tf.constant(variable.numpy()) for variable in variables]
-
-    def loss() -> tf.Tensor:
-        squares = [tf.reduce_sum(tf.square(v - a)) for v, a in zip(variables, anchors)]
-        return 0.5 * mu * tf.add_n(squares)
-
-    return loss
-
-
-def _optimizer(name: str, learning_rate: float) -> tf.keras.optimizers.Optimizer:
-    if name == "adam":
-        return tf.keras.optimizers.Adam(learning_rate)
-    return tf.keras.optimizers.SGD(learning_rate)
-
-
-def _callbacks(on_epoch: EpochCallback | None) -> list[tf.keras.callbacks.Callback]:
-    if on_epoch is None:
-        return []
-    return [
-        tf.keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: on_epoch(
-                epoch + 1, float(logs["cross_entropy"]), float(logs["accuracy"])
-            )
-        )
-    ]
+    return run

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 
 from server.store.records import ChargeInfo, SiteInfo
@@ -75,12 +76,13 @@ def ledger_view(charges: list[ChargeInfo], sites: list[SiteInfo]) -> Group:
 def version_privacy_table(dp_summary: dict[str, Any], title: str = "Privacy (server ledger, this session)") -> Table:
     """A version's ``dp_summary``: per contributing site, the session's schedule and epsilon."""
     table = narrow_table(title, "site", "eps session", "RDP", "delta", "sigma", "q", "steps", "rounds", "examples",
-                         "patient level")
+                         "patient level", "DP engine")
     for site, r in sorted(dp_summary.items()):
         table.add_row(site, eps_text(r.get("epsilon")), eps_text(r.get("epsilon_rdp")), f"{r.get('delta', 0):g}",
                       _num(r.get("noise_multiplier"), ".3f"), _num(r.get("sampling_rate"), ".4f"),
                       str(r.get("steps", "")), str(r.get("rounds", "")), str(r.get("examples", "")),
-                      patient_text(r.get("epsilon"), float(r.get("delta", 0)), r.get("slices_per_patient")))
+                      patient_text(r.get("epsilon"), float(r.get("delta", 0)), r.get("slices_per_patient")),
+                      escape(str(r.get("dp_engine", ""))))
     return table
 
 

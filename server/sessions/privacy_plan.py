@@ -24,6 +24,7 @@ from server.store import Store
 from server.store.records import PlannedCharge, RequestInfo
 from shared.errors import ConfigError
 from shared.privacy_accounting import SCHEDULE_PREFIX, DpSchedule, calibrate_noise
+from shared.protocol import DEFAULT_DP_ENGINE
 
 if TYPE_CHECKING:  # flwr's package import pulls in TensorFlow; the admin's commands need neither
     from flwr.common import Scalar
@@ -115,13 +116,15 @@ def privacy_summary(store: Store, session_id: int, sites: list[str]) -> dict[str
     """A version's ``dp_summary``: per contributing site, what the server's ledger charged for the session.
 
     ``epsilon`` is the whole session's (all approved rounds, PLD at ``delta``; None: no DP),
-    ``total_epsilon`` the site's ledger composed up to and including it.
+    ``total_epsilon`` the site's ledger composed up to and including it; ``dp_engine`` the DP
+    engine the site's request named (a declaration, checked against the known engines on arrival).
     """
     return {
         charge.site: {
             "epsilon": charge.epsilon, "epsilon_rdp": charge.epsilon_rdp, "delta": charge.delta,
             "total_epsilon": charge.total_epsilon, "rounds": charge.rounds, "examples": charge.examples,
             **charge.schedule, "slices_per_patient": charge.slices_per_patient,
+            "dp_engine": store.get_request(charge.request_id).dp.get("engine", DEFAULT_DP_ENGINE),
         }
         for charge in store.privacy_charges(session_id=session_id)
         if charge.site in sites
