@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,3 +22,13 @@ def tiny_dataset(tmp_path: Path) -> Path:
     root = tmp_path / "dataset"
     generate_sample_dataset(root, per_class=TINY_PER_CLASS, image_size=TINY_SIZE, seed=0)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _no_global_tensorflow_seed() -> Iterator[None]:
+    """A test that seeds TensorFlow globally must not leave the process seeded: the keras-optimizer
+    engine refuses a seeded process (its noise would be reproducible), and so would later tests."""
+    yield
+    tensorflow = sys.modules.get("tensorflow")
+    if tensorflow is not None:
+        tensorflow.random.set_seed(None)

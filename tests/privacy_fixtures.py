@@ -30,10 +30,12 @@ def site_plan(request_id: int, examples: int, *, rounds: int, sigma: float = 1.1
 
 
 def charged_session(store: Store, examples: dict[str, int], *, rounds: int, config: dict[str, Any] | None = None,
-                    sigma: float = 1.1, batch_size: int = 4) -> SessionInfo:
+                    sigma: float = 1.1, batch_size: int = 4, engines: dict[str, str] | None = None) -> SessionInfo:
     """One request per site (with its declaration), approved into one session the ledger charged."""
+    engines = engines or {}
     requests = {site: store.submit_request(site, rounds=rounds, local_epochs=1, note=site,
-                                           dp={"noise_multiplier": sigma, "delta": DELTA, "l2_norm_clip": 1.0},
+                                           dp={"noise_multiplier": sigma, "delta": DELTA, "l2_norm_clip": 1.0,
+                                               "engine": engines.get(site, "dp-model")},
                                            declaration=declaration(n)).id
                 for site, n in examples.items()}
     plans = {site: site_plan(requests[site], n, rounds=rounds, sigma=sigma, batch_size=batch_size)

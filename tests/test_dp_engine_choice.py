@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from pydantic import ValidationError
 from rich.console import Console
 
@@ -14,8 +12,11 @@ from client.menu.actions import dp_request
 from client.menu.views import dp_text
 from client.site_profile import SiteProfile
 from server.history.version_views import privacy_table
-from server.sessions.fedprox import AdmittedFedProx
+from server.sessions.privacy_plan import privacy_summary
+from server.store import Store
 from shared import protocol
+from tests.conftest_store import make_weights
+from tests.privacy_fixtures import charged_session
 
 DP = {"noise_multiplier": 1.0, "delta": 1e-5, "l2_norm_clip": 1.0}
 
@@ -46,26 +47,13 @@ def test_the_site_sees_the_engine_of_each_request() -> None:
     assert dp_text(DP).endswith("dp-model")  # requests sent before engines existed
 
 
-class _Proxy:
-    cid = "c"
-
-
-def _fit_result(site: str, engine: str) -> tuple[_Proxy, FitRes]:
-    metrics = {"site": site, "session_secret": "s", "epsilon": 1.5, "delta": 1e-5, "noise_multiplier": 1.1,
-               "dp_engine": engine}
-    return _Proxy(), FitRes(Status(Code.OK, ""), ndarrays_to_parameters([np.zeros(3)]), 10, metrics)
-
-
-def test_the_session_records_each_sites_engine_and_drops_unknown_text() -> None:
-    strategy = AdmittedFedProx(
-        participants=["north", "south"], verify_secret=lambda site, secret: secret == "s",
-        initial_weights=[np.zeros(3)], proximal_mu=0.0, round_config={}, min_results=2, max_update_norm=10.0,
-        on_round=lambda *args: None, on_reject=lambda *args: None,
-    )
-    strategy.aggregate_fit(1, [_fit_result("north", "keras-optimizer"), _fit_result("south", "[red]x")], [])
-    assert strategy.privacy_report["north"]["dp_engine"] == "keras-optimizer"
-    assert "dp_engine" not in strategy.privacy_report["south"]
-    assert strategy.privacy_report["south"]["epsilon"] == 1.5
+def test_each_sites_engine_comes_from_its_request_into_the_version(store: Store, sites: dict) -> None:
+    """The engine is a declaration the request carries (checked against DP_ENGINES on arrival), not
+    something a site reports with its results: the version's privacy summary names it per site."""
+    store.ensure_initial_version(make_weights(0), metadata={})
+    session = charged_session(store, {"alpha": 20, "beta": 20}, rounds=1, engines={"alpha": "keras-optimizer"})
+    summary = privacy_summary(store, session.id, ["alpha", "beta"])
+    assert summary["alpha"]["dp_engine"] == "keras-optimizer" and summary["beta"]["dp_engine"] == "dp-model"
 
 
 def test_version_details_show_the_engine_escaped() -> None:

@@ -27,7 +27,8 @@ from tests.conftest_socket import DP, Env, frame, recv, send, status_ok
 def test_submit_status_list_and_cancel(env: Env) -> None:
     with env.connect() as alpha:
         req = alpha.submit_request(rounds=3, local_epochs=2, dp=DP, note="first")
-        assert (req.label, req.state, req.site, req.rounds, req.dp) == ("REQ-1", "PENDING", "alpha", 3, DP)
+        assert (req.label, req.state, req.site, req.rounds, req.dp) == ("REQ-1", "PENDING", "alpha", 3,
+                                                                     {**DP, "engine": "dp-model"})
         assert alpha.request_status("REQ-1") == req
         assert [r.label for r in alpha.list_requests()] == ["REQ-1"]
         cancelled = alpha.cancel_request(req.id)
