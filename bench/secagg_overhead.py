@@ -37,10 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from server.sessions.runtime import run_session
 from server.store import Store
 from shared.listening import wait_until_listening
+from shared.secagg_identity import encode_public_key
 from shared.settings import load_settings
 from tests.flower_fakes import free_port
 
@@ -71,7 +74,7 @@ def measure_session(site_count: int, *, secure: bool, rounds: int) -> Measuremen
             server = threading.Thread(target=_serve, args=(store, session_id, port, outcome), daemon=True)
             server.start()
             wait_until_listening("127.0.0.1", port, timeout_s=60)
-            job = {"port": port, "secure": secure, "sites": sites}
+            job = {"port": port, "secure": secure, "session_id": session_id, "sites": sites}
             child = subprocess.run([sys.executable, "-m", "bench.secagg_sites"], input=json.dumps(job),
                                    capture_output=True, text=True, timeout=3600, check=True)
             server.join(timeout=600)
@@ -93,8 +96,10 @@ def _prepare(store: Store, site_count: int, *, secure: bool, rounds: int) -> tup
     store.ensure_initial_version([rng.standard_normal(s).astype(np.float32) * 0.05 for s in HEAD_SHAPES],
                                  metadata={"model": {}})
     names = [f"site{i:02d}" for i in range(site_count)]
+    identities = {name: Ed25519PrivateKey.generate() for name in names}
     for name in names:
         store.enrol_site(name)
+        store.register_identity_key(name, encode_public_key(identities[name]))
     requests = [store.submit_request(s, rounds=rounds, local_epochs=1, dp=DP).id for s in names]
     session = store.create_session(requests, config={
         "rounds": rounds, "proximal_mu": 0.01, "min_clients": site_count, "join_timeout_s": 120,
@@ -103,8 +108,14 @@ def _prepare(store: Store, site_count: int, *, secure: bool, rounds: int) -> tup
     port = free_port()
     store.mark_session_running(session.id, port=port, pid=1)
     sites = [{"name": name, "secret": store.session_secret(session.id, name), "examples": 100 + i,
-              "shift": 0.001 * (i + 1)} for i, name in enumerate(names)]
+              "shift": 0.001 * (i + 1), "identity": _raw_private(identities[name]).hex()}
+             for i, name in enumerate(names)]
     return session.id, port, sites
+
+
+def _raw_private(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                             serialization.NoEncryption())
 
 
 def _serve(store: Store, session_id: int, port: int, outcome: dict[str, object]) -> None:

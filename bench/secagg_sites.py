@@ -1,7 +1,7 @@
 """Light sites for ``bench.secagg_overhead``: numpy clients in threads of one process of their own.
 
-Reads one JSON job on stdin (port, secure or plain, and per site: name, session secret, example
-count), joins every site to the session, waits until the session ends and prints one JSON line:
+Reads one JSON job on stdin (port, secure or plain, session id, and per site: name, session
+secret, example count, identity key; the bench made them all), joins every site to the session, waits until the session ends and prints one JSON line:
 the protobuf bytes each site received and sent (``flwr.common.serde`` sizes of every
 instruction and reply: the gRPC payload without HTTP/2 framing). The sites live outside the
 server's process so that the server's CPU time is the server's alone.
@@ -17,10 +17,13 @@ import threading
 from typing import Any
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.client import Client, start_client
 from flwr.common import serde
 
+from client.federation.secagg_state import SecAggPolicy
 from client.federation.secure_aggregation import SecureAggregationClient
+from client.federation.site_identity import SessionPeers
 from tests.flower_fakes import ScriptedClient
 
 
@@ -57,18 +60,27 @@ class CountingClient(Client):
         self.sent += up.ByteSize()
 
 
-def site_client(spec: dict[str, Any], secure: bool) -> CountingClient:
+def site_client(spec: dict[str, Any], peers: SessionPeers | None) -> CountingClient:
     """A site whose 'training' adds a small per-site shift to the global weights, at once."""
     shift = float(spec["shift"])
     inner = ScriptedClient(spec["name"], spec["secret"], int(spec["examples"]),
                            lambda ws: [w + shift for w in ws])
-    wrapped = SecureAggregationClient(inner, site=spec["name"], required=secure) if secure else inner
-    return CountingClient(wrapped.to_client())
+    if peers is None:
+        return CountingClient(inner.to_client())
+    identity = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(spec["identity"]))
+    secure = SecureAggregationClient(inner, site=spec["name"], identity=identity, peers=peers,
+                                     policy=SecAggPolicy(required=True))
+    return CountingClient(secure.to_client())
 
 
 def main() -> int:
     job = json.load(sys.stdin)
-    clients = {spec["name"]: site_client(spec, bool(job["secure"])) for spec in job["sites"]}
+    peers = None
+    if job["secure"]:
+        keys = {spec["name"]: Ed25519PrivateKey.from_private_bytes(bytes.fromhex(spec["identity"])).public_key()
+                for spec in job["sites"]}
+        peers = SessionPeers(int(job["session_id"]), keys)
+    clients = {spec["name"]: site_client(spec, peers) for spec in job["sites"]}
     errors: dict[str, str] = {}
 
     def join(name: str, client: CountingClient) -> None:

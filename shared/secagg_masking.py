@@ -19,6 +19,10 @@ and of the sum ``S = sum_i n_i q_i`` over ``N = sum_i n_i`` examples::
 
 Per coordinate, when no |d_i| exceeds c, ``|mean_secure - mean_plain| <= 2c / L`` (each q_i is
 within one step 2c/L of its real value; a weighted mean of such errors is too).
+
+Extra scalar sums (``shared.secagg_protocol.ExtraSum``) ride in one more uint64 array at the
+end of a slot's vector: ``round(value * scale)`` as a two's-complement integer, read back from
+the sum as int64. ``N`` itself is the fit slot's first extra, so no site's count travels alone.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
-from shared.secagg_protocol import FIELD_BITS
+from shared import secagg_protocol as proto
+from shared.secagg_protocol import FIELD_BITS, ExtraSum
 
 FIELD = np.uint64
 ENCRYPTION_PURPOSE = b"fl-secagg share encryption"
@@ -99,6 +104,30 @@ def encode(delta: list[np.ndarray], examples: int, clip_range: float, levels: in
     # float64 before quantising: float32 cannot hold fractions of a step near 2^30.
     quantized = quantize([np.asarray(d, np.float64) for d in delta], clip_range, levels)
     return [q.astype(FIELD) * FIELD(examples) for q in quantized]
+
+
+def encode_extras(values: dict[str, float], spec: Sequence[ExtraSum]) -> np.ndarray:
+    """The extras array of one site: each named value in fixed point, missing ones as 0."""
+    fixed = [round(float(values.get(extra.name, 0)) * extra.scale) for extra in spec]
+    return np.array(fixed, np.int64).view(FIELD)
+
+
+def decode_extras(total: np.ndarray, spec: Sequence[ExtraSum]) -> dict[str, float]:
+    """The unmasked extras sum, by name (integers stay exact floats below 2^53)."""
+    signed = np.asarray(total, FIELD).view(np.int64)
+    return {extra.name: float(value) / extra.scale for extra, value in zip(spec, signed.tolist())}
+
+
+def decode_update(
+    total: list[np.ndarray], clip_range: float, levels: int
+) -> tuple[list[np.ndarray], dict[str, float]]:
+    """The example-weighted mean update and the ``FIT_EXTRAS`` sums of an unmasked fit-slot sum."""
+    sums = decode_extras(total[-1], proto.FIT_EXTRAS)
+    examples = int(sums["examples"])
+    if examples <= 0:
+        raise ValueError(f"the summed example count is {examples}")
+    check_capacity(examples, levels)
+    return decode_mean(total[:-1], examples, clip_range, levels), sums
 
 
 def decode_mean(

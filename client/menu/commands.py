@@ -15,7 +15,7 @@ from client.menu import actions as site_actions
 from client.menu import views
 from client.menu.training_display import TrainingDisplay
 from client.site_profile import SiteProfile
-from shared.errors import UsageError
+from shared.errors import FLError, UsageError
 from shared.settings import Settings
 from shared.terminal import make_console
 
@@ -39,7 +39,19 @@ def setup(args: argparse.Namespace, settings: Settings) -> int:
         budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta, backbone_weights=args.backbone_weights,
         tls_ca=args.tls_ca)
     print_setup(console, profile)
+    print_identity(console, profile)
     return 0
+
+
+def print_identity(out: Console, profile: SiteProfile) -> None:
+    """Register the site's identity key now if the server answers; it is retried with every request."""
+    try:
+        registered = site_actions.register_identity(profile)
+    except FLError as exc:  # the profile is saved either way; the next request registers it
+        out.print(f"identity key not registered yet ({exc}); it will be with the first request", markup=False)
+        return
+    out.print(f"identity key {registered.fingerprint} registered (compare it with your peers' out of band)",
+              markup=False)
 
 
 def print_setup(out: Console, profile: SiteProfile) -> None:

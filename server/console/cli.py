@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     enrol.add_argument("--budget-delta", type=float, default=1e-5)
     commands.add_parser("disable", help="disable a site").add_argument("site")
     commands.add_parser("sites", help="enrolled sites")
+    commands.add_parser("reset-identity-key", help="forget a site's identity key so it can register a new one"
+                        ).add_argument("site")
 
     listing = commands.add_parser("requests", help="training requests")
     listing.add_argument("--pending", action="store_true", help="only PENDING ones")

@@ -87,6 +87,15 @@ def _disable(args: argparse.Namespace, store: Store, settings: Settings) -> int:
     return 0
 
 
+def _reset_identity_key(args: argparse.Namespace, store: Store, settings: Settings) -> int:
+    if store.reset_identity_key(args.site):
+        console.print(f"identity key of {args.site} forgotten; the site registers a new one with "
+                      f"fl-client --site {args.site} setup", markup=False)
+    else:
+        console.print(f"site {args.site} has no registered identity key", markup=False)
+    return 0
+
+
 def _sites(args: argparse.Namespace, store: Store, settings: Settings) -> int:
     console.print(views.sites_table(store.list_sites()))
     return 0
@@ -208,4 +217,5 @@ COMMANDS: dict[str, Handler] = {
     "requests": _requests, "approve": _approve, "reject": _reject, "requeue": _requeue,
     "sessions": _sessions, "stop": _stop, "history": _history, "stats": _stats, "versions": _versions,
     "version": _version, "export": _export, "rollback": _rollback, "cleanup": _cleanup, "audit": _audit,
+    "reset-identity-key": _reset_identity_key,
 }

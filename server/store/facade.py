@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from server.store.audit import AuditStore
 from server.store.cleanup import CleanupStore
+from server.store.identity_keys import IdentityKeyStore
 from server.store.notifications import NotificationStore
 from server.store.requests import RequestStore
 from server.store.sessions import SessionStore
@@ -26,5 +27,6 @@ class Store(
     CleanupStore,
     NotificationStore,
     AuditStore,
+    IdentityKeyStore,
 ):
     """Repository facade over the database and the versions folder."""

@@ -219,3 +219,17 @@ class AuditRow(Base):
     detail: Mapped[dict[str, Any]]
     prev_hash: Mapped[str] = mapped_column(String(64))
     row_hash: Mapped[str] = mapped_column(String(64))
+
+
+class SiteIdentityKey(Base):
+    """A site's Ed25519 identity public key (base64 of 32 bytes), registered once over the socket.
+
+    Peers check each round's key-exchange keys against it (secure aggregation); a different key
+    is refused until the admin resets the registration.
+    """
+
+    __tablename__ = "site_identity_keys"
+
+    site: Mapped[str] = mapped_column(ForeignKey("sites.name"), primary_key=True)
+    public_key: Mapped[str] = mapped_column(String(64))
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
