@@ -7,7 +7,7 @@ this process's CPU time is the server's alone. Sites "train" in zero time: the d
 between the arms is the protocol's own cost (key and share exchange, quantising and masking,
 uint64 vectors, unmasking). A round is fit + evaluate, timed between the fit records of
 consecutive rounds (the first round, with the joins, is left out); server CPU is this process's
-user + system time over the same span; bytes are the serialised instructions and replies of
+user + system time over the same span (and the sites' process's, all sites together); bytes are the serialised instructions and replies of
 each site (received / sent), per round.
 
 Repetitions interleave the arms (plain then secure, then secure then plain, ...) for every site
@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -59,35 +60,40 @@ class Measurement:
 
     round_s: float
     server_cpu_s: float
+    sites_cpu_s: float  # all sites together (one process)
     received_mb: float  # per site per round, server -> site
     sent_mb: float  # per site per round, site -> server
 
 
 def measure_session(site_count: int, *, secure: bool, rounds: int) -> Measurement:
     """Run one session of ``rounds`` rounds with ``site_count`` light sites and measure it."""
+    sites_process: dict[str, psutil.Process] = {}
     with tempfile.TemporaryDirectory() as home:
         store = Store.open(load_settings(home=Path(home)))
         try:
             session_id, port, sites = _prepare(store, site_count, secure=secure, rounds=rounds)
-            marks = _mark_fit_records(store)
+            marks = _mark_fit_records(store, sites_process)
             outcome: dict[str, object] = {}
             server = threading.Thread(target=_serve, args=(store, session_id, port, outcome), daemon=True)
             server.start()
             wait_until_listening("127.0.0.1", port, timeout_s=60)
             job = {"port": port, "secure": secure, "session_id": session_id, "sites": sites}
-            child = subprocess.run([sys.executable, "-m", "bench.secagg_sites"], input=json.dumps(job),
-                                   capture_output=True, text=True, timeout=3600, check=True)
+            child = subprocess.Popen([sys.executable, "-m", "bench.secagg_sites"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            sites_process["sites"] = psutil.Process(child.pid)
+            stdout, stderr = child.communicate(json.dumps(job), timeout=3600)
             server.join(timeout=600)
         finally:
             store.close()
-    report = json.loads(child.stdout.strip().splitlines()[-1])
+    report = json.loads(stdout.strip().splitlines()[-1]) if child.returncode == 0 else {"errors": {"exit": stderr}}
     if "error" in outcome or report["errors"] or len(marks) != rounds:
         raise RuntimeError(f"{site_count} sites, secure={secure}: {outcome.get('error')} {report['errors']} "
-                           f"({len(marks)} of {rounds} rounds)\n{child.stderr[-2000:]}")
-    walls, cpus = np.diff([m[0] for m in marks]), np.diff([m[1] for m in marks])
+                           f"({len(marks)} of {rounds} rounds)\n{stderr[-2000:]}")
+    walls, server_cpu, sites_cpu = (np.diff([m[i] for m in marks]) for i in range(3))
     received = statistics.mean(r for r, _ in report["bytes"].values()) / rounds / 1e6
     sent = statistics.mean(s for _, s in report["bytes"].values()) / rounds / 1e6
-    return Measurement(float(np.median(walls)), float(np.median(cpus)), received, sent)
+    return Measurement(float(np.median(walls)), float(np.median(server_cpu)), float(np.median(sites_cpu)),
+                       received, sent)
 
 
 def _prepare(store: Store, site_count: int, *, secure: bool, rounds: int) -> tuple[int, int, list[dict]]:
@@ -125,15 +131,16 @@ def _serve(store: Store, session_id: int, port: int, outcome: dict[str, object])
         outcome["error"] = exc
 
 
-def _mark_fit_records(store: Store) -> list[tuple[float, float]]:
-    """Wrap the store's round recorder to note (wall, process CPU) when each round's fit is aggregated."""
-    marks: list[tuple[float, float]] = []
+def _mark_fit_records(store: Store, sites: dict[str, psutil.Process]) -> list[tuple[float, float, float]]:
+    """Wrap the store's round recorder to note (wall, server CPU, sites' CPU) when each round's fit is aggregated."""
+    marks: list[tuple[float, float, float]] = []
     record = store.record_round
 
     def timed(session_id: int, **kwargs) -> None:  # type: ignore[no-untyped-def]
         if kwargs["phase"] == "fit":
             usage = resource.getrusage(resource.RUSAGE_SELF)
-            marks.append((time.perf_counter(), usage.ru_utime + usage.ru_stime))
+            child = sites["sites"].cpu_times()
+            marks.append((time.perf_counter(), usage.ru_utime + usage.ru_stime, child.user + child.system))
         record(session_id, **kwargs)
 
     store.record_round = timed  # type: ignore[method-assign]
@@ -190,12 +197,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"zero training time, head-only model, {args.rounds} rounds per session (first not timed), "
           f"{args.repeats} interleaved repetitions: median [min-max]")
-    print(f"{'sites':>5} {'arm':<6} {'round s':>22} {'server CPU s/round':>22} {'MB/site/round down, up':>24}")
+    print(f"{'sites':>5} {'arm':<6} {'round s':>22} {'server CPU s/round':>22} {'sites CPU s/round':>22} "
+          f"{'MB/site/round down, up':>24}")
     for n in counts:
         for arm in ARMS:
             ms = runs[(n, arm)]
             print(f"{n:>5} {arm:<6} {_spread([m.round_s for m in ms]):>22} "
-                  f"{_spread([m.server_cpu_s for m in ms]):>22} "
+                  f"{_spread([m.server_cpu_s for m in ms]):>22} {_spread([m.sites_cpu_s for m in ms]):>22} "
                   f"{statistics.median(m.received_mb for m in ms):>11.2f}, {statistics.median(m.sent_mb for m in ms):>.2f}")
     ratios = {n: [s.round_s / p.round_s for p, s in zip(runs[(n, "plain")], runs[(n, "secure")])] for n in counts}
     print("secure / plain round time, per repetition: median [min-max]")

@@ -41,7 +41,7 @@ SIGNATURE_BYTES = 64
 def setup_transcript(setup: RoundSetup, site: str, public_keys: Sequence[bytes]) -> bytes:
     """The exact bytes a site signs: the round's parameters, its name and its public keys."""
     body = [setup.session_id, setup.round, list(setup.sites), setup.threshold, setup.clip_range,
-            setup.levels, site, [key.hex() for key in public_keys]]
+            setup.levels, setup.weight_cap, site, [key.hex() for key in public_keys]]
     return SIGNING_PURPOSE + json.dumps(body, separators=(",", ":")).encode()
 
 

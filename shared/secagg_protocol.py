@@ -10,14 +10,15 @@ mask key pair, so unmasking one slot never helps to unmask the other.
 stage               server -> site (config)              site -> server (properties / result)
 ==================  ===================================  ==========================================
 ``setup``           ROUND, SESSION, SITES, THRESHOLD,     PK_ENCRYPT, PK_MASK, PK_MASK_EVALUATE (raw
-                    CLIP_RANGE, LEVELS                    X25519, 32 B), SIGNATURE (Ed25519, by the
+                    CLIP_RANGE, LEVELS, WEIGHT_CAP        X25519, 32 B), SIGNATURE (Ed25519, by the
                                                           site's registered identity key)
 ``share_keys``      ROUND, and for each neighbour ``u``:  ``SHARE:<u>``: a Fernet token holding its
                     ``PK_ENCRYPT:<u>``, ``PK_MASK:<u>``,   Shamir shares of both slots' seeds and
                     ``PK_MASK_EVALUATE:<u>``,             mask keys meant for neighbour ``u``
                     ``SIGNATURE:<u>``
-``mask`` (fit)      ROUND, ``SHARE:<u>`` from each        FitRes.parameters: the masked update and
-                    neighbour that shared                 ``FIT_EXTRAS`` in Z_(2^64) (uint64)
+``mask`` (fit)      ROUND, ``SHARE:<u>`` from each        FitRes.parameters: the masked update in
+                    neighbour that shared                 Z_(2^32) (uint32) and ``FIT_EXTRAS`` in
+                                                          Z_(2^64) (uint64)
 ``unmask``          ROUND, SURVIVORS, DROPPED (of this    ``SEED_SHARE:<u>`` per survivor,
                     site's neighbourhood, comma-joined)   ``KEY_SHARE:<u>`` per dropped neighbour
 ``mask_evaluate``   ROUND (on ``evaluate``)               EvaluateRes.metrics[MASKED]: masked
@@ -64,6 +65,7 @@ SITES = "secagg_sites"
 THRESHOLD = "secagg_threshold"
 CLIP_RANGE = "secagg_clip_range"
 LEVELS = "secagg_levels"
+WEIGHT_CAP = "secagg_weight_cap"
 PK_ENCRYPT = "secagg_pk_encrypt"
 PK_MASK = "secagg_pk_mask"
 PK_MASK_EVALUATE = "secagg_pk_mask_evaluate"
@@ -78,14 +80,15 @@ MASKED = "secagg_masked"
 
 #: Each coordinate of a site's update (new weights - global weights) is clipped to +-this range.
 DEFAULT_CLIP_RANGE = 4.0
-#: Quantisation levels over [-clip, clip]: one step is 2*clip/LEVELS (Flower's quantize is int32).
-DEFAULT_LEVELS = 1 << 30
+#: A site's weight in the mean is its example count, capped here: the cap and the number of
+#: sites fix how many quantisation levels fit in the field (``levels_for``).
+DEFAULT_WEIGHT_CAP = 1 << 14
 #: What a site accepts from the server unless its profile narrows it: a clip range that keeps
-#: updates meaningful, and levels fine enough to matter yet within Flower's int32 quantiser.
+#: updates meaningful, and levels fine enough to matter.
 ACCEPTED_CLIP_RANGE = (1e-3, 1e3)
 ACCEPTED_LEVELS = (1 << 8, 1 << 30)
-#: Masked vectors live in Z_(2^64): numpy uint64 arithmetic wraps exactly there.
-FIELD_BITS = 64
+#: Masked updates live in Z_(2^32) (uint32: as many bytes as float32 weights).
+FIELD_BITS = 32
 #: A site refuses a masked round with fewer sites: the "sum" of one site is its update.
 MIN_ROUND_SITES = 2
 #: Sessions with at least this many sites use secure aggregation unless the admin says otherwise.
@@ -106,10 +109,11 @@ class ExtraSum:
     scale: float = 1.0
 
 
-#: Appended to the fit slot's vector. ``examples`` (the weight of the site's update) is always
-#: first: the server divides the weighted sum by its total, never learning one site's count.
-#: A metric the site's training returns under another name listed here leaves only in the sum.
-FIT_EXTRAS = (ExtraSum("examples"),)
+#: Appended to the fit slot's vector. ``weight`` (the site's example count, capped) is always
+#: first: the server divides the weighted sum by its total, never learning one site's count;
+#: ``examples`` is the uncapped count. A metric the site's training returns under another name
+#: listed here leaves only in the sum.
+FIT_EXTRAS = (ExtraSum("weight"), ExtraSum("examples"))
 #: The evaluate slot's vector: validation count, correct predictions, loss summed over examples.
 EVALUATE_EXTRAS = (ExtraSum("examples"), ExtraSum("correct"), ExtraSum("loss_sum", float(1 << 20)))
 
@@ -125,17 +129,24 @@ class RoundSetup:
     threshold: int
     clip_range: float
     levels: int
+    weight_cap: int
 
     def to_config(self) -> dict[str, int | float | str]:
         return {ROUND: self.round, SESSION: self.session_id, SITES: join_sites(self.sites),
-                THRESHOLD: self.threshold, CLIP_RANGE: self.clip_range, LEVELS: self.levels}
+                THRESHOLD: self.threshold, CLIP_RANGE: self.clip_range, LEVELS: self.levels,
+                WEIGHT_CAP: self.weight_cap}
+
+    def fits_the_field(self) -> bool:
+        """Whether every site at the weight cap, all at the top level, still sums below 2^32."""
+        return len(self.sites) * self.weight_cap * self.levels < 1 << FIELD_BITS
 
     @classmethod
     def from_config(cls, config: dict[str, object]) -> RoundSetup:
         try:
             return cls(session_id=int(config[SESSION]), round=int(config[ROUND]),  # type: ignore[call-overload]
                        sites=tuple(split_sites(config[SITES])), threshold=int(config[THRESHOLD]),  # type: ignore[call-overload]
-                       clip_range=float(config[CLIP_RANGE]), levels=int(config[LEVELS]))  # type: ignore[arg-type, call-overload]
+                       clip_range=float(config[CLIP_RANGE]), levels=int(config[LEVELS]),  # type: ignore[arg-type, call-overload]
+                       weight_cap=int(config[WEIGHT_CAP]))  # type: ignore[call-overload]
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"secure aggregation: incomplete setup ({exc.__class__.__name__}: {exc})") from None
 
@@ -157,6 +168,11 @@ def join_sites(sites: Iterable[str]) -> str:
 
 def split_sites(text: object) -> list[str]:
     return [site for site in str(text).split(",") if site]
+
+
+def levels_for(site_count: int, weight_cap: int = DEFAULT_WEIGHT_CAP) -> int:
+    """The most quantisation levels with which ``site_count`` sites at ``weight_cap`` fit in 2^32."""
+    return min(ACCEPTED_LEVELS[1], ((1 << FIELD_BITS) - 1) // (max(1, site_count) * weight_cap))
 
 
 def enabled_by_default(site_count: int) -> bool:

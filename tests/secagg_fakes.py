@@ -64,8 +64,12 @@ class Federation:
         return SecureAggregationClient(inner, site=site, identity=self.identities[site], peers=self.peers(),
                                        policy=policy)
 
-    def server_round(self, round_number: int, proxies: dict, *, threshold: int, levels: int = proto.DEFAULT_LEVELS,
-                     clip_range: float = proto.DEFAULT_CLIP_RANGE, on_leave=None) -> SecureAggregationRound:
-        setup = proto.RoundSetup(self.session_id, round_number, tuple(sorted(proxies)), threshold, clip_range, levels)
+    def server_round(self, round_number: int, proxies: dict, *, threshold: int, levels: int | None = None,
+                     clip_range: float = proto.DEFAULT_CLIP_RANGE, weight_cap: int = proto.DEFAULT_WEIGHT_CAP,
+                     on_leave=None) -> SecureAggregationRound:
+        """The server's side of one round, quantising with the most levels that fit unless told otherwise."""
+        levels = levels or proto.levels_for(len(proxies), weight_cap)
+        setup = proto.RoundSetup(self.session_id, round_number, tuple(sorted(proxies)), threshold, clip_range, levels,
+                                 weight_cap)
         return SecureAggregationRound(setup, proxies, identity_keys=self.identity_keys, timeout_s=5,
                                       on_leave=on_leave)

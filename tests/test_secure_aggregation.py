@@ -22,8 +22,8 @@ from tests.secagg_fakes import Federation, FixedUpdate, LoopbackProxy
 
 SHAPES = [(64, 16), (16,), (16, 4), (4,)]
 CLIP = proto.DEFAULT_CLIP_RANGE
-LEVELS = proto.DEFAULT_LEVELS
-STEP = 2 * CLIP / LEVELS  # one quantisation step: the bound on |secure mean - plain mean|
+LEVELS = proto.levels_for(5)  # the most that fit for 5 sites at the default weight cap
+STEP = 2 * CLIP / proto.levels_for(4)  # one quantisation step (4 sites or fewer): the bound on |secure - plain|
 ZEROS = [np.zeros(s, np.float32) for s in SHAPES]
 
 
@@ -37,7 +37,7 @@ def _run(
     examples: dict[str, int],
     *,
     threshold: int,
-    levels: int = LEVELS,
+    levels: int | None = None,
     no_vector_from: tuple[str, ...] = (),
     silent_in_unmask: tuple[str, ...] = (),
 ) -> tuple[list[np.ndarray], dict[str, list[np.ndarray]]]:
@@ -48,7 +48,7 @@ def _run(
     server = federation.server_round(1, proxies, threshold=threshold, levels=levels)
     relayed = server.exchange_keys()
     masked = {s: clients[s].fit(ZEROS, relayed[s])[0] for s in clients if s not in no_vector_from}
-    mean, sums = masking.decode_update(server.unmask(proto.FIT, masked), CLIP, levels)
+    mean, sums = masking.decode_update(server.unmask(proto.FIT, masked), CLIP, server.setup.levels)
     assert sums["examples"] == sum(examples[s] for s in masked)
     return mean, masked
 
@@ -92,18 +92,19 @@ def test_what_the_server_receives_from_a_site_is_uniform_noise_in_the_field() ->
     _, masked = _run(updates, {"site0": 50, "site1": 20, "site2": 30}, threshold=2)
 
     received = np.concatenate([m.ravel() for m in masked["site0"][:-1]])
-    assert received.dtype == np.uint64
-    as_unit = received.astype(np.float64) / 2.0**64
+    assert received.dtype == np.uint32
+    as_unit = received.astype(np.float64) / 2.0**32
     assert stats.kstest(as_unit, "uniform").pvalue > 1e-4
-    top_bits = (received >> np.uint64(60)).astype(np.int64)  # 16 equally likely buckets
+    top_bits = (received >> np.uint32(28)).astype(np.int64)  # 16 equally likely buckets
     assert stats.chisquare(np.bincount(top_bits, minlength=16)).pvalue > 1e-4
     assert abs(np.corrcoef(as_unit, ramp)[0, 1]) < 5 / np.sqrt(received.size)
     # The same statistics see the update at once when it is encoded but not masked: they have power.
-    encoded = np.concatenate([e.ravel() for e in masking.encode(updates["site0"], 50, CLIP, LEVELS)]) / 2.0**64
+    encoded = np.concatenate([e.ravel() for e in masking.encode(updates["site0"], 50, CLIP, LEVELS)]) / 2.0**32
     assert stats.kstest(encoded, "uniform").pvalue < 1e-10
     assert np.corrcoef(encoded, ramp)[0, 1] > 0.99
-    # The example count rides masked too: the last array is not 50.
-    assert masked["site0"][-1].shape == (len(proto.FIT_EXTRAS),) and int(masked["site0"][-1][0]) != 50
+    # The weight and example count ride masked too, in their own 64-bit array: not 50 in clear.
+    extras = masked["site0"][-1]
+    assert extras.dtype == np.uint64 and extras.shape == (len(proto.FIT_EXTRAS),) and 50 not in extras.tolist()
 
 
 def test_a_site_that_drops_after_sharing_its_keys_is_recovered() -> None:
@@ -154,7 +155,7 @@ def test_a_site_never_reveals_both_secrets_of_one_site() -> None:
 def test_a_site_answers_each_stage_once_and_in_order() -> None:
     site, unmask = _site_after_masking()
     with pytest.raises(ProtocolError, match="no unused masks"):  # a second vector would leak the difference
-        site.state.mask(proto.FIT, [np.zeros(s, np.uint64) for s in SHAPES])
+        site.state.mask(proto.FIT, [np.zeros(s, np.uint32) for s in SHAPES])
     request = {**unmask, proto.SURVIVORS: "site0,site1,site2", proto.DROPPED: ""}
     assert set(site.get_properties(request)) == {f"{proto.SEED_SHARE}:site{i}" for i in range(3)}
     with pytest.raises(ProtocolError):
@@ -172,7 +173,7 @@ def test_thresholds_need_a_majority_of_a_neighbourhood() -> None:
     site = Federation(["a", "b", "c", "d"]).client("a", FixedUpdate([], 1))
     with pytest.raises(ConfigError):
         site.get_properties({proto.STAGE: proto.SETUP, **proto.RoundSetup(1, 1, ("a", "b", "c", "d"), 1, CLIP,
-                                                                           LEVELS).to_config()})
+                                                                           LEVELS, 1).to_config()})
 
 
 def test_a_site_in_a_secure_session_refuses_plain_weights_and_plain_metrics() -> None:
@@ -224,7 +225,7 @@ def test_validation_metrics_leave_a_site_only_inside_the_secure_sum(silent: tupl
         assert (loss, examples) == (0.0, 0)
         assert set(metrics) == {"site", "session_secret", proto.MASKED}
         assert sites[site].evaluations == 1
-    masked = {s: [np.frombuffer(m[proto.MASKED], masking.FIELD).copy()] for s, (_, _, m) in results.items()}
+    masked = {s: [np.frombuffer(m[proto.MASKED], masking.EXTRAS_FIELD).copy()] for s, (_, _, m) in results.items()}
     sums = masking.decode_extras(server.unmask(proto.EVALUATE, masked)[0], proto.EVALUATE_EXTRAS)
     assert sums["examples"] == 44 and sums["correct"] == 6 + 9 + 4
     assert sums["loss_sum"] == pytest.approx(0.5 * 10 + 1.25 * 30 + 0.75 * 4, abs=4 / 2**20)
@@ -243,5 +244,14 @@ def test_a_fit_metric_named_as_an_extra_goes_only_into_the_secure_sum(monkeypatc
     results = {s: c.fit(ZEROS, relayed[s]) for s, c in clients.items()}
     assert all("val_correct" not in metrics for _, _, metrics in results.values())
     _, sums = masking.decode_update(server.unmask(proto.FIT, {s: r[0] for s, r in results.items()}),
-                                    CLIP, LEVELS)
-    assert sums == {"examples": 15, "val_correct": 6}
+                                    CLIP, server.setup.levels)
+    assert sums == {"weight": 15, "examples": 15, "val_correct": 6}
+
+
+def test_stochastic_rounding_is_unbiased() -> None:
+    """floor(x + U): each coordinate rounds up with the probability of its fraction, so means stay exact."""
+    delta = [np.full(200_000, 0.0123, np.float32)]  # 8.0984 steps above the bottom of [-1, 1] at 16 levels
+    quantized = masking.encode(delta, 1, clip_range=1.0, levels=16)[0].astype(np.float64)
+    exact = (0.0123 + 1.0) * 16 / 2
+    assert set(np.unique(quantized)) == {8.0, 9.0}
+    assert abs(quantized.mean() - exact) < 5 * np.sqrt(0.0984 * (1 - 0.0984) / quantized.size)

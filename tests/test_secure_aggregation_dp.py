@@ -18,7 +18,7 @@ from shared import secagg_protocol as proto
 from tests.secagg_fakes import Federation, FixedUpdate, LoopbackProxy
 
 pytestmark = pytest.mark.slow
-STEP = 2 * proto.DEFAULT_CLIP_RANGE / proto.DEFAULT_LEVELS
+STEP = 2 * proto.DEFAULT_CLIP_RANGE / proto.levels_for(2)
 
 
 def _dp_site(tmp_path: Path) -> FLClient:
@@ -69,14 +69,14 @@ def test_masking_wraps_the_dp_trained_weights(tmp_path: Path, monkeypatch: pytes
     assert [name for name, _ in events] == ["shares", "dp_train", "mask"]
     trained = events[1][1]
     expected = masking.encode([np.float64(w) - g for w, g in zip(trained, global_weights)], examples,
-                              proto.DEFAULT_CLIP_RANGE, proto.DEFAULT_LEVELS)
+                              proto.DEFAULT_CLIP_RANGE, server.setup.levels)
     # What was masked is the encoding of exactly what DP-SGD returned (stochastic rounding: within one level).
     assert all(np.max(np.abs(m.astype(np.int64) - e.astype(np.int64))) <= examples
                for m, e in zip(events[2][1][:-1], expected))
     assert metrics["noise_multiplier"] == 1.0 and examples == 64
-    assert all(m.dtype == np.uint64 for m in masked)
+    assert [m.dtype for m in masked] == [np.uint32] * (len(masked) - 1) + [np.uint64]
     other_masked = other.fit(global_weights, relayed["b"])[0]  # b's update is zero and it has one example
     mean, _ = masking.decode_update(server.unmask(proto.FIT, {"a": masked, "b": other_masked}),
-                                    proto.DEFAULT_CLIP_RANGE, proto.DEFAULT_LEVELS)
+                                    proto.DEFAULT_CLIP_RANGE, server.setup.levels)
     trained_delta = [(np.float64(w) - g) * examples / (examples + 1) for w, g in zip(trained, global_weights)]
     assert max(float(np.max(np.abs(m - d))) for m, d in zip(mean, trained_delta)) <= STEP

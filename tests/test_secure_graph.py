@@ -60,12 +60,12 @@ def test_fifty_sites_each_mask_with_log_n_neighbours_and_the_mean_is_exact() -> 
     masked = {s: clients[s].fit(ZEROS, relayed[s])[0] for s in clients}
     assert all(len(c.state.partners) == k - 1 for c in clients.values())
     mean, sums = masking.decode_update(server.unmask(proto.FIT, masked), proto.DEFAULT_CLIP_RANGE,
-                                       proto.DEFAULT_LEVELS)
+                                       server.setup.levels)
     examples = {s: 1 + i for i, s in enumerate(updates)}
     assert sums["examples"] == sum(examples.values())
     expected = sum(examples[s] * 0.01 * (i + 1) for i, s in enumerate(updates)) / sums["examples"]
     for part in mean:
-        np.testing.assert_allclose(part, expected, atol=2 * proto.DEFAULT_CLIP_RANGE / proto.DEFAULT_LEVELS)
+        np.testing.assert_allclose(part, expected, atol=2 * proto.DEFAULT_CLIP_RANGE / server.setup.levels)
 
 
 def test_a_split_of_the_survivors_fails_the_round_before_any_share_is_revealed() -> None:
@@ -85,5 +85,5 @@ def test_a_split_of_the_survivors_fails_the_round_before_any_share_is_revealed()
     gap = set(ring_order(list(updates), 1, 1)[0:5])
     masked = {s: clients[s].fit(ZEROS, relayed[s])[0] for s in clients if s not in gap}
     _, sums = masking.decode_update(server.unmask(proto.FIT, masked), proto.DEFAULT_CLIP_RANGE,
-                                    proto.DEFAULT_LEVELS)
+                                    server.setup.levels)
     assert sums["examples"] == sum(1 + i for i, s in enumerate(updates) if s not in gap)

@@ -18,12 +18,12 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flwr.common import Scalar
-from flwr.common.secure_aggregation.crypto.shamir import create_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import decrypt, encrypt
 
 from client.federation.site_identity import SessionPeers
 from shared import secagg_masking as masking
 from shared import secagg_protocol as proto
+from shared import secagg_shamir
 from shared.errors import ProtocolError
 from shared.secagg_graph import neighbourhoods
 from shared.secagg_identity import keys_are_signed, sign_keys
@@ -105,7 +105,7 @@ class SecAggClientState:
         self._require_threshold(len(group), "neighbours with verified keys")
         secrets = [secret for slot in self.slots.values()
                    for secret in (slot.seed, masking.private_bytes(slot.mask_key))]
-        shares = [create_shares(secret, self.round_setup.threshold, len(group)) for secret in secrets]
+        shares = [secagg_shamir.split(secret, self.round_setup.threshold, len(group)) for secret in secrets]
         reply: dict[str, Scalar] = {}
         for index, holder in enumerate(group):
             mine = [per_secret[index] for per_secret in shares]
@@ -125,7 +125,8 @@ class SecAggClientState:
             if source not in self.public_keys:
                 raise ProtocolError(f"secure aggregation: shares from unexpected site {source!r}")
             sender, receiver, shares = proto.unpack_shares(decrypt(self._encryption_key_with(source), bytes(token)))
-            if (sender, receiver) != (self._x(source), self._x(self.site)) or len(shares) != 2 * len(proto.SLOTS):
+            well_formed = len(shares) == 2 * len(proto.SLOTS) and all(len(s) == secagg_shamir.SHARE_BYTES for s in shares)
+            if (sender, receiver) != (self._x(source), self._x(self.site)) or not well_formed:
                 raise ProtocolError(f"secure aggregation: shares from {source} are not addressed to {self.site}")
             self._keep_shares(source, shares)
             self.partners.append(source)
@@ -147,11 +148,10 @@ class SecAggClientState:
         if self.stage != proto.MASK_STAGE[slot] or secrets is None or secrets.masked:
             raise ProtocolError(f"secure aggregation: the {slot} slot of this round has no unused masks")
         secrets.masked = True
-        shapes = [e.shape for e in encoded]
-        masking.accumulate(encoded, masking.prg_mask(secrets.seed, shapes), +1)
-        for peer in self.partners:
-            seed = masking.pairwise_seed(secrets.mask_key, self.public_keys[peer][1 + proto.SLOTS.index(slot)])
-            masking.accumulate(encoded, masking.prg_mask(seed, shapes), self._sign_towards(peer))
+        key_index = 1 + proto.SLOTS.index(slot)
+        pairwise = [(masking.pairwise_seed(secrets.mask_key, self.public_keys[peer][key_index]),
+                     self._sign_towards(peer)) for peer in self.partners]
+        masking.apply_masks(encoded, [(secrets.seed, +1), *pairwise])
         return encoded
 
     def unmask(self, slot: str, config: dict[str, Scalar]) -> dict[str, Scalar]:
@@ -198,6 +198,9 @@ class SecAggClientState:
                                 f"site's ticket for session {setup.session_id} does not admit; refusing the round")
         proto.check_threshold(setup.threshold, len(setup.sites))
         self.policy.check(setup)
+        if setup.weight_cap < 1 or not setup.fits_the_field():
+            raise ProtocolError(f"secure aggregation: {len(setup.sites)} sites x weight cap {setup.weight_cap} x "
+                                f"{setup.levels} levels overflow the 2^{proto.FIELD_BITS} field; refusing the round")
 
     def _verified_neighbour_keys(self, config: dict[str, Scalar]) -> dict[str, tuple[bytes, ...]]:
         """The relayed keys of this site's neighbours, each pair checked against its signature."""

@@ -5,8 +5,8 @@
 the wrapped client's results into masked vectors:
 
 * ``fit``: the update (new - global weights, clipped and quantised) weighted by the example
-  count, plus ``FIT_EXTRAS`` (the count itself, and any fit metric listed there, which is then
-  removed from the clear metrics);
+  count (capped at the round's weight cap), plus ``FIT_EXTRAS`` (the weight and the count, and
+  any fit metric listed there, which is then removed from the clear metrics);
 * ``evaluate``: only ``EVALUATE_EXTRAS`` (validation count, correct predictions, loss sum) in
   the masked vector; the clear metrics keep nothing but the proof of admission.
 
@@ -75,10 +75,17 @@ class SecureAggregationClient(NumPyClient):
         self.state.receive_shares(config)
         setup = self.state.round_setup
         weights, examples, metrics = self.inner.fit(parameters, config)
-        delta = [np.asarray(new, np.float64) - old for new, old in zip(weights, parameters)]
-        _warn_if_clipped(delta, setup.clip_range)
-        extras, clear = _split_extras({**metrics, "examples": examples}, proto.FIT_EXTRAS)
-        encoded = [*masking.encode(delta, examples, setup.clip_range, setup.levels),
+        delta = [np.subtract(new, old, dtype=np.float64) for new, old in zip(weights, parameters)]
+        clipped = masking.clipped_coordinates(delta, setup.clip_range)
+        if clipped:
+            log.warning("secure aggregation: %d coordinate(s) of the update exceed +-%g and are clipped",
+                        clipped, setup.clip_range)
+        weight = min(examples, setup.weight_cap)
+        if weight < examples:
+            log.warning("secure aggregation: this site's weight is capped at %d of its %d examples",
+                        weight, examples)
+        extras, clear = _split_extras({**metrics, "examples": examples, "weight": weight}, proto.FIT_EXTRAS)
+        encoded = [*masking.encode(delta, weight, setup.clip_range, setup.levels),
                    masking.encode_extras(extras, proto.FIT_EXTRAS)]
         return self.state.mask(proto.FIT, encoded), examples, clear
 
@@ -130,10 +137,3 @@ def _split_extras(metrics: dict[str, Scalar], spec: tuple[proto.ExtraSum, ...]) 
     names = {extra.name for extra in spec}
     inside = {k: float(v) for k, v in metrics.items() if k in names}  # type: ignore[arg-type]
     return inside, {k: v for k, v in metrics.items() if k not in names}
-
-
-def _warn_if_clipped(delta: list[np.ndarray], clip_range: float) -> None:
-    clipped = sum(int(np.count_nonzero(np.abs(d) > clip_range)) for d in delta)
-    if clipped:
-        log.warning("secure aggregation: %d coordinate(s) of the update exceed +-%g and are clipped",
-                    clipped, clip_range)

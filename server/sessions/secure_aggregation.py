@@ -13,16 +13,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import NoReturn
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flwr.common import GetPropertiesIns, Scalar
-from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.server.client_proxy import ClientProxy
 
 from shared import secagg_masking as masking
 from shared import secagg_protocol as proto
+from shared import secagg_shamir
 from shared.errors import SessionFailedError
 from shared.secagg_graph import is_connected, neighbourhoods
 from shared.secagg_identity import keys_are_signed
@@ -105,7 +106,7 @@ class SecureAggregationRound:
         return {proto.STAGE: proto.MASK_EVALUATE, proto.ROUND: self.round}
 
     def unmask(self, slot: str, masked: Mapping[str, list[np.ndarray]]) -> list[np.ndarray]:
-        """Stage 3 (fit) or 5 (evaluate): the sum of the survivors' vectors in Z_(2^64), masks removed."""
+        """Stage 3 (fit) or 5 (evaluate): the sum of the survivors' vectors in their fields, masks removed."""
         survivors = sorted(s for s in masked if s in self.sharing)
         dropped = sorted(set(self.sharing) - set(survivors))
         self._require(len(survivors), f"masking ({slot})" if slot != proto.FIT else "masking")
@@ -121,20 +122,18 @@ class SecureAggregationRound:
         if dropped:
             log.info("round %d %s: secure aggregation recovers the masks of dropped site(s) %s",
                      self.round, slot, ", ".join(dropped))
-        shapes = [m.shape for m in masked[survivors[0]]]
-        total = masking.zeros(shapes)
+        total = masking.zeros_like(masked[survivors[0]])
         for site in survivors:
             masking.accumulate(total, masked[site], +1)
-            seed = self._rebuild(replies, proto.SEED_SHARE, site)
-            masking.accumulate(total, masking.prg_mask(seed, shapes), -1)
+        masks = [(self._rebuild(replies, proto.SEED_SHARE, site), -1) for site in survivors]
         key_index = 1 + proto.SLOTS.index(slot)
         for site in dropped:
             key = X25519PrivateKey.from_private_bytes(self._rebuild(replies, proto.KEY_SHARE, site))
-            for survivor in sorted(self.graph[site] & set(survivors)):
-                seed = masking.pairwise_seed(key, self.public_keys[survivor][key_index])
-                # The survivor added the mask when it comes first, so take it off the same way.
-                sign = -1 if self._position(survivor) < self._position(site) else +1
-                masking.accumulate(total, masking.prg_mask(seed, shapes), sign)
+            # Each survivor added the pairwise mask when it comes first: take it off the same way.
+            masks += [(masking.pairwise_seed(key, self.public_keys[survivor][key_index]),
+                       -1 if self._position(survivor) < self._position(site) else +1)
+                      for survivor in sorted(self.graph[site] & set(survivors))]
+        masking.apply_masks(total, masks)
         return total
 
     # -- stages' checks ---------------------------------------------------------------------
@@ -222,15 +221,19 @@ class SecureAggregationRound:
         if alive < self.threshold:
             self._fail(f"only {alive} of {len(self.setup.sites)} sites survived {stage}, threshold {self.threshold}")
 
-    def _fail(self, problem: str) -> None:
+    def _fail(self, problem: str) -> NoReturn:
         raise SessionFailedError(f"round {self.round}: secure aggregation: {problem}")
 
     def _rebuild(self, replies: dict[str, Properties], prefix: str, owner: str) -> bytes:
         """Combine ``threshold`` of the shares the sites revealed of ``owner``'s secret."""
         key = proto.field(prefix, owner)
-        shares = [bytes(reply[key]) for reply in replies.values() if isinstance(reply.get(key), bytes)]
+        shares = [reply[key] for reply in replies.values()
+                  if isinstance(reply.get(key), bytes) and len(reply[key]) == secagg_shamir.SHARE_BYTES]
         self._require(len(shares), f"unmasking (shares of {owner})")
-        return combine_shares(shares[: self.threshold])
+        try:
+            return secagg_shamir.combine(shares[: self.threshold])  # type: ignore[arg-type]
+        except ValueError as exc:
+            self._fail(f"unmasking: the shares of {owner} are unusable ({exc})")
 
     def _position(self, site: str) -> int:
         return self.setup.sites.index(site)

@@ -36,13 +36,15 @@ class SecureFedProx(AdmittedFedProx):
        neighbour's shares to it (X25519 + HKDF -> Fernet).
     2. *mask* (``fit``): the server relays the encrypted shares with the round's fit config
        (weights, FedProx ``proximal_mu``, ...). The site trains with DP-SGD + FedProx as in a
-       plain round, then sends ``n * quantize(clip(w_new - w_global))`` followed by the extras
-       (``n`` first), plus ``PRG(b) +- PRG(s_uv)`` over its neighbours, in Z_(2^64).
+       plain round, then sends ``w * quantize(clip(w_new - w_global))`` in Z_(2^32), ``w`` its
+       example count capped at ``weight_cap``, followed by the extras in Z_(2^64) (``w`` and the
+       count first), each plus ``PRG(b) +- PRG(s_uv)`` over its neighbours.
     3. *unmask* (``get_properties``): the server names each survivor's surviving and dropped
        neighbours; it reveals its shares of the survivors' seeds and of the dropped sites' mask
-       keys. The server removes every mask from the sum, divides by the summed example count and
-       dequantises: the new global weights are the example-weighted FedAvg mean, within
-       ``2 * clip_range / levels`` per coordinate.
+       keys. The server removes every mask from the sum, divides by the summed weight and
+       dequantises: the new global weights are the example-weighted FedAvg mean (counts capped
+       at ``weight_cap``), within ``2 * clip_range / levels`` per coordinate, where
+       ``levels = levels_for(sites, weight_cap)`` is the most that fits in 32 bits.
     4. *mask evaluate* (``evaluate``): each site evaluates the new weights and sends only
        ``EVALUATE_EXTRAS`` (validation count, correct predictions, loss sum), masked with the
        evaluate slot's secrets, shared in stage 1.
@@ -73,8 +75,9 @@ class SecureFedProx(AdmittedFedProx):
         for the two different secrets of one site (which together would unmask it).
     clip_range : float
         Bound of each coordinate of a site's update (new weights - global weights).
-    levels : int
-        Quantisation levels over ``[-clip_range, clip_range]``.
+    weight_cap : int
+        A site's weight in the mean is its example count up to this; with the number of sites it
+        fixes the quantisation levels of a round (``shared.secagg_protocol.levels_for``).
     stage_timeout_s : float
         How long a stage waits for a site before counting it as dropped.
     **kwargs
@@ -88,7 +91,7 @@ class SecureFedProx(AdmittedFedProx):
         identity_keys: Mapping[str, Ed25519PublicKey],
         threshold: int | None = None,
         clip_range: float = proto.DEFAULT_CLIP_RANGE,
-        levels: int = proto.DEFAULT_LEVELS,
+        weight_cap: int = proto.DEFAULT_WEIGHT_CAP,
         stage_timeout_s: float,
         **kwargs: Any,
     ) -> None:
@@ -97,7 +100,7 @@ class SecureFedProx(AdmittedFedProx):
         self.identity_keys = dict(identity_keys)
         self.threshold = proto.check_threshold(threshold or proto.default_threshold(count), count)
         self.clip_range = clip_range
-        self.levels = levels
+        self.weight_cap = weight_cap
         self.stage_timeout_s = stage_timeout_s
         self.session_id = int(self.round_config["session_id"])
         self._round: SecureAggregationRound | None = None
@@ -112,7 +115,8 @@ class SecureFedProx(AdmittedFedProx):
         instructions = super().configure_fit(server_round, parameters, client_manager)
         proxies = {site_of[proxy.cid]: proxy for proxy, _ in instructions}
         setup = proto.RoundSetup(self.session_id, server_round, tuple(sorted(proxies)),
-                                 min(self.threshold, len(proxies)), self.clip_range, self.levels)
+                                 min(self.threshold, len(proxies)), self.clip_range,
+                                 proto.levels_for(len(proxies), self.weight_cap), self.weight_cap)
         self._round = SecureAggregationRound(
             setup, proxies, identity_keys=self.identity_keys, timeout_s=self.stage_timeout_s,
             on_leave=lambda site, reason: self._reject(server_round, "secure aggregation", site, reason),
@@ -168,7 +172,8 @@ class SecureFedProx(AdmittedFedProx):
         """A masked vector can only be checked for its form: field elements in the right shapes."""
         vector = parameters_to_ndarrays(entry.result.parameters)
         shapes = [w.shape for w in self.global_weights] + [(len(proto.FIT_EXTRAS),)]
-        sound = [v.shape for v in vector] == shapes and all(v.dtype == masking.FIELD for v in vector)
+        dtypes = [masking.FIELD] * len(self.global_weights) + [masking.EXTRAS_FIELD]
+        sound = [v.shape for v in vector] == shapes and [v.dtype for v in vector] == dtypes
         if not sound:
             self._reject(server_round, "fit", entry.site, "update rejected: not a masked vector of the model's shapes")
         return sound
@@ -178,7 +183,8 @@ class SecureFedProx(AdmittedFedProx):
         total = self._unmask(server_round, proto.FIT,
                              {a.site: parameters_to_ndarrays(a.result.parameters) for a in admitted})
         try:
-            mean_update, self.last_sums[proto.FIT] = masking.decode_update(total, self.clip_range, self.levels)
+            mean_update, self.last_sums[proto.FIT] = masking.decode_update(total, self.clip_range,
+                                                                           self._round.setup.levels)
         except ValueError as exc:
             raise SessionFailedError(f"round {server_round}: secure aggregation: {exc}") from None
         combined = [(w + d).astype(w.dtype) for w, d in zip(self.global_weights, mean_update)]
@@ -199,7 +205,7 @@ class SecureFedProx(AdmittedFedProx):
         """The masked evaluate vector a site sent (uint64 bytes of the extras' length), else rejected."""
         raw = entry.metrics.get(proto.MASKED)
         if isinstance(raw, bytes) and len(raw) == 8 * len(proto.EVALUATE_EXTRAS):
-            return np.frombuffer(raw, masking.FIELD).copy()
+            return np.frombuffer(raw, masking.EXTRAS_FIELD).copy()
         self._reject(server_round, "evaluate", entry.site, "result rejected: no masked validation metrics")
         return None
 
