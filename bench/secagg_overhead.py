@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from server.sessions.runtime import run_session
 from server.store import Store
 from shared.listening import wait_until_listening
+from shared.secagg_graph import neighbourhood_size
 from shared.secagg_identity import encode_public_key
 from shared.settings import load_settings
 from tests.flower_fakes import free_port
@@ -205,6 +206,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{n:>5} {arm:<6} {_spread([m.round_s for m in ms]):>22} "
                   f"{_spread([m.server_cpu_s for m in ms]):>22} {_spread([m.sites_cpu_s for m in ms]):>22} "
                   f"{statistics.median(m.received_mb for m in ms):>11.2f}, {statistics.median(m.sent_mb for m in ms):>.2f}")
+    print("per site, secure minus plain, medians: the protocol's cost grows with k, the neighbourhood, not with n")
+    for n in counts:
+        plain, secure = runs[(n, "plain")], runs[(n, "secure")]
+        cpu_ms = 1e3 * (statistics.median(m.sites_cpu_s for m in secure) - statistics.median(m.sites_cpu_s for m in plain)) / n
+        kb = 1e3 * (statistics.median(m.received_mb + m.sent_mb for m in secure)
+                    - statistics.median(m.received_mb + m.sent_mb for m in plain))
+        print(f"{n:>5} sites (k = {neighbourhood_size(n):>2}): {cpu_ms:6.1f} ms CPU, {kb:6.1f} kB per site per round")
     ratios = {n: [s.round_s / p.round_s for p, s in zip(runs[(n, "plain")], runs[(n, "secure")])] for n in counts}
     print("secure / plain round time, per repetition: median [min-max]")
     for n in counts:

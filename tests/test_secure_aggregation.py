@@ -255,3 +255,27 @@ def test_stochastic_rounding_is_unbiased() -> None:
     exact = (0.0123 + 1.0) * 16 / 2
     assert set(np.unique(quantized)) == {8.0, 9.0}
     assert abs(quantized.mean() - exact) < 5 * np.sqrt(0.0984 * (1 - 0.0984) / quantized.size)
+
+
+def test_the_strategy_takes_only_masked_vectors_and_masked_metrics() -> None:
+    from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters
+
+    from server.sessions.fedprox import _Admitted
+    from server.sessions.secure_fedprox import SecureFedProx
+
+    rejected: list[tuple] = []
+    strategy = SecureFedProx(
+        identity_keys={}, stage_timeout_s=1, participants=["a", "b", "c"], verify_secret=lambda s, x: True,
+        initial_weights=ZEROS, proximal_mu=0.0, round_config={"session_id": 1}, min_results=2,
+        max_update_norm=10.0, on_round=lambda *a: None, on_reject=lambda *a: rejected.append(a))
+    ok = Status(Code.OK, "")
+    plain = FitRes(ok, ndarrays_to_parameters(ZEROS), 10, {})
+    masked = FitRes(ok, ndarrays_to_parameters([np.zeros(s, np.uint32) for s in SHAPES]
+                                               + [np.zeros(len(proto.FIT_EXTRAS), np.uint64)]), 10, {})
+    assert not strategy._update_is_sound(1, _Admitted(None, plain, "a"))
+    assert strategy._update_is_sound(1, _Admitted(None, masked, "b"))
+    clear_metrics = EvaluateRes(ok, 0.3, 10, {"accuracy": 0.9})
+    assert strategy._masked_metrics(1, _Admitted(None, clear_metrics, "c", {"accuracy": 0.9})) is None
+    assert [(r[2], r[3]) for r in rejected] == [
+        ("a", "update rejected: not a masked vector of the model's shapes"),
+        ("c", "result rejected: no masked validation metrics")]

@@ -190,3 +190,13 @@ def test_a_site_checks_its_own_key_and_pins_its_peers_keys(tmp_path: Path) -> No
         secure_client_for(FixedUpdate([], 1), profile, _ticket(True, {"alpha": own, "beta": other}, session_id=4))
     PeerPins(profile.peer_keys_path).check_and_pin(  # a new peer is pinned on first sight
         SessionPeers.from_ticket(_ticket(True, {"alpha": own, "beta": beta, "gamma": other})), own_site="alpha")
+
+
+def test_a_profile_cannot_widen_the_accepted_ranges_past_what_the_field_allows(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="secure aggregation ranges"):
+        _profile(tmp_path, secagg_levels=(1 << 8, 1 << 40))
+    with pytest.raises(ValidationError, match="secure aggregation ranges"):
+        _profile(tmp_path, secagg_clip_range=(2.0, 1.0))
+    assert _profile(tmp_path, secagg_clip_range=(0.5, 2.0)).secagg_clip_range == (0.5, 2.0)

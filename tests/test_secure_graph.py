@@ -87,3 +87,13 @@ def test_a_split_of_the_survivors_fails_the_round_before_any_share_is_revealed()
     _, sums = masking.decode_update(server.unmask(proto.FIT, masked), proto.DEFAULT_CLIP_RANGE,
                                     server.setup.levels)
     assert sums["examples"] == sum(1 + i for i, s in enumerate(updates) if s not in gap)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 10, 50, 1000])
+def test_the_levels_a_round_gets_fill_the_field_without_overflowing_it(count: int) -> None:
+    levels = proto.levels_for(count)
+    setup = proto.RoundSetup(1, 1, tuple(f"s{i}" for i in range(count)), 1, 4.0, levels, proto.DEFAULT_WEIGHT_CAP)
+    assert setup.fits_the_field()
+    assert not proto.RoundSetup(1, 1, setup.sites, 1, 4.0, levels + 1, setup.weight_cap).fits_the_field() or \
+        levels == proto.ACCEPTED_LEVELS[1]
+    assert levels >= proto.ACCEPTED_LEVELS[0]  # still fine enough for a site's default policy at 1000 sites

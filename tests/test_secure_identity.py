@@ -69,3 +69,25 @@ def test_setup_makes_an_owner_only_identity_key_and_registers_it(env: Env, tmp_p
     assert registered.newly_registered and registered.fingerprint == fingerprint(key)
     assert env.store.identity_keys(["alpha"]) == {"alpha": encode_public_key(key)}
     assert register_identity(profile).newly_registered is False  # the same key again: setup can be re-run
+
+
+def test_fl_client_setup_registers_the_key_and_can_require_secure_aggregation(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from client.menu.cli import main
+    from client.site_profile import load_profile
+    from scripts.make_sample_data import generate_sample_dataset
+    from shared.settings import load_settings
+
+    monkeypatch.setenv("FL_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("COLUMNS", "200")
+    generate_sample_dataset(tmp_path / "data", per_class=2, image_size=16, seed=0)
+    setup = ["--site", "alpha", "setup", "--data", str(tmp_path / "data"), "--server", f"127.0.0.1:{env.port}"]
+    assert main([*setup, "--token", "wrong", "--require-secure-aggregation"]) == 0  # the profile is saved anyway
+    assert "identity key not registered yet (wrong token for site 'alpha')" in capsys.readouterr().out
+    assert main([*setup, f"--token={env.tokens['alpha']}", "--require-secure-aggregation"]) == 0
+    profile = load_profile(load_settings(), "alpha")
+    key = load_identity(profile.identity_key_path)
+    assert f"identity key {fingerprint(key)} registered" in capsys.readouterr().out
+    assert profile.require_secure_aggregation
+    assert env.store.identity_keys(["alpha"]) == {"alpha": encode_public_key(key)}

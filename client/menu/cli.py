@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     setup_parser.add_argument("--budget-delta", type=float, default=1e-5)
     setup_parser.add_argument("--backbone-weights", type=Path, help="local ResNet50 weights file (.h5)")
     setup_parser.add_argument("--tls-ca", type=Path, help="the federation's ca.pem when the server uses TLS")
+    setup_parser.add_argument("--require-secure-aggregation", action="store_true",
+                              help="refuse every session without secure aggregation, whatever the server says")
 
     request = commands.add_parser("request", help="send a training request")
     request.add_argument("--rounds", type=int, default=3)

@@ -37,7 +37,7 @@ def setup(args: argparse.Namespace, settings: Settings) -> int:
     profile = site_actions.setup_site(
         settings, site=args.site, token=args.token, data_root=args.data, server_host=host, server_port=port,
         budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta, backbone_weights=args.backbone_weights,
-        tls_ca=args.tls_ca)
+        tls_ca=args.tls_ca, require_secure_aggregation=args.require_secure_aggregation)
     print_setup(console, profile)
     print_identity(console, profile)
     return 0
