@@ -200,3 +200,15 @@ def test_a_profile_cannot_widen_the_accepted_ranges_past_what_the_field_allows(t
     with pytest.raises(ValidationError, match="secure aggregation ranges"):
         _profile(tmp_path, secagg_clip_range=(2.0, 1.0))
     assert _profile(tmp_path, secagg_clip_range=(0.5, 2.0)).secagg_clip_range == (0.5, 2.0)
+
+
+def test_a_refused_setup_leaves_nothing_of_the_previous_round_to_use() -> None:
+    federation = Federation(["a", "b", "c"])
+    site = federation.client("a", FixedUpdate(SECRET_UPDATE, 10))
+    good = proto.RoundSetup(1, 1, ("a", "b", "c"), 2, CLIP, LEVELS, CAP)
+    site.get_properties({proto.STAGE: proto.SETUP, **good.to_config()})
+    bad = proto.RoundSetup(1, 2, ("a", "b", "c"), 2, 1e9, LEVELS, CAP)
+    with pytest.raises(ProtocolError, match="clip range"):
+        site.get_properties({proto.STAGE: proto.SETUP, **bad.to_config()})
+    with pytest.raises(ProtocolError, match="no setup for this round"):
+        site.get_properties({proto.STAGE: proto.SHARE_KEYS, proto.ROUND: 2})

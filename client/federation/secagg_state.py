@@ -84,12 +84,14 @@ class SecAggClientState:
         """Stage 0: check the round's parameters, answer fresh public keys signed by the identity key."""
         setup = proto.RoundSetup.from_config(config)
         self._advance(proto.SETUP, setup.round)
+        # Nothing of an earlier round survives, even when this setup is refused.
+        self.setup_params, self.encryption_key, self.slots = None, None, {}
+        self.neighbours, self.public_keys, self.partners = frozenset(), {}, []
         self._check_setup(setup)
         self.setup_params = setup
         self.neighbours = neighbourhoods(setup.sites, setup.session_id, setup.round)[self.site]
         self.encryption_key = X25519PrivateKey.generate()
         self.slots = {slot: _Slot() for slot in proto.SLOTS}
-        self.public_keys, self.partners = {}, []
         keys = self._own_public_keys()
         return {
             proto.PK_ENCRYPT: keys[0],
@@ -100,12 +102,13 @@ class SecAggClientState:
     def share_keys(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
         """Stage 1: verify the neighbours' signed keys; Shamir-share both slots' secrets among them."""
         self._advance(proto.SHARE_KEYS, int(config[proto.ROUND]))
+        setup = self.round_setup  # refuses when this round's setup was refused
         self.public_keys = self._verified_neighbour_keys(config)
-        group = [s for s in self.round_setup.sites if s == self.site or s in self.public_keys]
+        group = [s for s in setup.sites if s == self.site or s in self.public_keys]
         self._require_threshold(len(group), "neighbours with verified keys")
         secrets = [secret for slot in self.slots.values()
                    for secret in (slot.seed, masking.private_bytes(slot.mask_key))]
-        shares = [secagg_shamir.split(secret, self.round_setup.threshold, len(group)) for secret in secrets]
+        shares = [secagg_shamir.split(secret, setup.threshold, len(group)) for secret in secrets]
         reply: dict[str, Scalar] = {}
         for index, holder in enumerate(group):
             mine = [per_secret[index] for per_secret in shares]
@@ -119,7 +122,7 @@ class SecAggClientState:
     def receive_shares(self, config: dict[str, Scalar]) -> None:
         """Stage 2, before training: keep the shares neighbours encrypted to this site."""
         self._advance(proto.MASK, int(config[proto.ROUND]))
-        if self.site not in self.slots[proto.FIT].seed_shares:
+        if not self.slots or self.site not in self.slots[proto.FIT].seed_shares:
             raise ProtocolError("secure aggregation: no key exchange before masking")
         for source, token in proto.fields_of(config, proto.SHARE).items():
             if source not in self.public_keys:
@@ -162,7 +165,7 @@ class SecAggClientState:
         known = set(self.partners) | {self.site}
         if survivors & dropped or not (survivors | dropped) <= known or self.site not in survivors:
             raise ProtocolError("secure aggregation: inconsistent survivor/dropped lists; refusing to unmask")
-        if not self.slots[slot].masked:
+        if slot not in self.slots or not self.slots[slot].masked:
             raise ProtocolError(f"secure aggregation: this site sent no {slot} vector; nothing to unmask")
         self._require_threshold(len(survivors), "surviving neighbours")
         secrets = self.slots[slot]

@@ -54,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("--lr", type=float, default=0.05)
     approve.add_argument("--secure-aggregation", action=argparse.BooleanOptionalAction, default=None,
                          help="mask updates so the server sees only their sum (default: on for 3+ sites)")
-    approve.add_argument("--secagg-threshold", type=int, help="sites that must survive masking (default ceil(2n/3))")
+    approve.add_argument("--secagg-threshold", type=int,
+                         help="shares that rebuild a site's secrets, within its neighbourhood of "
+                              "k = min(n, 2*ceil(log2 n)+1) sites (default ceil(2k/3))")
     approve.add_argument("--wait", action="store_true", help="block until the session ends")
     reject = commands.add_parser("reject", help="reject a request with a reason")
     reject.add_argument("request")

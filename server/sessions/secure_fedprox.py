@@ -18,6 +18,7 @@ from server.sessions.update_validation import update_problem
 from shared import secagg_masking as masking
 from shared import secagg_protocol as proto
 from shared.errors import SessionFailedError
+from shared.secagg_graph import neighbourhood_size
 
 
 class SecureFedProx(AdmittedFedProx):
@@ -114,8 +115,10 @@ class SecureFedProx(AdmittedFedProx):
         site_of = self._sites(client_manager)
         instructions = super().configure_fit(server_round, parameters, client_manager)
         proxies = {site_of[proxy.cid]: proxy for proxy, _ in instructions}
+        # A smaller round has a smaller (never larger) neighbourhood: the threshold shrinks with it
+        # but stays above half of it, since the session's threshold was above half of a larger one.
         setup = proto.RoundSetup(self.session_id, server_round, tuple(sorted(proxies)),
-                                 min(self.threshold, len(proxies)), self.clip_range,
+                                 min(self.threshold, neighbourhood_size(len(proxies))), self.clip_range,
                                  proto.levels_for(len(proxies), self.weight_cap), self.weight_cap)
         self._round = SecureAggregationRound(
             setup, proxies, identity_keys=self.identity_keys, timeout_s=self.stage_timeout_s,

@@ -5,7 +5,7 @@ frozen records callers receive (``records``), the request/session state machines
 (``lifecycle``), the hash-chained audit log (``audit_chain``), site tokens (``tokens``), the
 versions folder (``weight_files``), and the ``Store`` facade (``facade``), composed of one class
 per concern: ``sites``, ``requests``, ``sessions``, ``versions``, ``cleanup``,
-``notifications``, ``audit``.
+``notifications``, ``audit``, ``identity_keys`` (sites' keys for secure aggregation).
 
 May import: ``shared`` only. Everything above (socket, sessions, console, history) reaches the
 database through ``Store``; nothing here knows about Flower, TensorFlow or the menus.
