@@ -18,7 +18,7 @@ the same repetition). With ``--measure-training`` it also times one head-only DP
 train in parallel. Ends with ``secagg_overhead_ratio R``: secure / plain round time at 5 sites,
 zero training time (the protocol-only, pessimistic ratio).
 
-    python -m bench.secagg_overhead --repeats 3 --rounds 3
+    python -m bench.secagg_overhead --repeats 3 --rounds 3 --measure-training
 """
 
 from __future__ import annotations

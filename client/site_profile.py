@@ -51,7 +51,7 @@ class SiteProfile(BaseModel):
         levels_low, levels_high = self.secagg_levels
         if not 0 < clip_low <= clip_high or not 2 <= levels_low <= levels_high <= secagg_protocol.ACCEPTED_LEVELS[1]:
             raise ValueError(f"secure aggregation ranges need 0 < clip low <= high and 2 <= levels low <= high <= "
-                             f"{secagg_protocol.ACCEPTED_LEVELS[1]} (Flower's int32 quantiser)")
+                             f"{secagg_protocol.ACCEPTED_LEVELS[1]}")
         return self
 
     @property
