@@ -10,8 +10,9 @@ import json
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from shared import secagg_protocol
 from shared.errors import ConfigError
 from shared.protocol import DEFAULT_DP_ENGINE, DpEngine
 from shared.settings import Settings
@@ -46,10 +47,35 @@ class SiteProfile(BaseModel):
     max_slices_per_patient: int | None = Field(None, ge=1, le=10_000)
     #: The DP engine this site's requests ask for unless a request names another.
     dp_engine: DpEngine = DEFAULT_DP_ENGINE
+    #: Refuse every session (and every round) without secure aggregation, whatever the server says.
+    require_secure_aggregation: bool = False
+    #: The per-coordinate clip range and quantisation levels this site accepts from the server
+    #: for secure aggregation (low, high); anything outside is refused before training.
+    secagg_clip_range: tuple[float, float] = secagg_protocol.ACCEPTED_CLIP_RANGE
+    secagg_levels: tuple[int, int] = secagg_protocol.ACCEPTED_LEVELS
+
+    @model_validator(mode="after")
+    def _secagg_ranges(self) -> SiteProfile:
+        clip_low, clip_high = self.secagg_clip_range
+        levels_low, levels_high = self.secagg_levels
+        if not 0 < clip_low <= clip_high or not 2 <= levels_low <= levels_high <= secagg_protocol.ACCEPTED_LEVELS[1]:
+            raise ValueError(f"secure aggregation ranges need 0 < clip low <= high and 2 <= levels low <= high <= "
+                             f"{secagg_protocol.ACCEPTED_LEVELS[1]}")
+        return self
 
     @property
     def ledger_path(self) -> Path:
         return self.state_dir / "privacy_ledger.sqlite"
+
+    @property
+    def identity_key_path(self) -> Path:
+        """The site's Ed25519 identity key (secure aggregation), owner-only beside the profile."""
+        return self.state_dir / "identity_ed25519.pem"
+
+    @property
+    def peer_keys_path(self) -> Path:
+        """Identity keys of peer sites seen so far (trust on first use)."""
+        return self.state_dir / "secagg_peer_keys.json"
 
     @property
     def cache_dir(self) -> Path:

@@ -152,6 +152,13 @@ class SessionTicketRequest(_Message):
     request_id: RequestId
 
 
+class RegisterIdentityKey(_Message):
+    """A site's Ed25519 identity public key (base64 of the raw 32 bytes), for secure aggregation."""
+
+    type: Literal["register_identity_key"]
+    public_key: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{43}=$")]
+
+
 Message = Annotated[
     Union[
         SubmitRequest,
@@ -164,6 +171,7 @@ Message = Annotated[
         DownloadVersion,
         AcknowledgeUpdate,
         SessionTicketRequest,
+        RegisterIdentityKey,
     ],
     Field(discriminator="type"),
 ]
@@ -269,6 +277,14 @@ class SessionTicket(_Result):
     port: int | None
     secret: str
     config: dict[str, Any]
+    #: Every participant of the session (this site too) with its registered identity key (base64):
+    #: the only sites this site masks with in secure aggregation, and the keys their keys must be signed by.
+    peers: dict[str, str] = {}
+
+
+class IdentityKeyRegistered(_Result):
+    fingerprint: str
+    newly_registered: bool
 
 
 #: The result model of each message type: the server builds it, the client parses it.
@@ -283,6 +299,7 @@ RESULT_MODELS: dict[str, type[_Result]] = {
     "download_version": DownloadChunk,
     "acknowledge_update": UpdateAccepted,
     "session_ticket": SessionTicket,
+    "register_identity_key": IdentityKeyRegistered,
 }
 
 

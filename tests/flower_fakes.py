@@ -32,7 +32,7 @@ class ScriptedClient(NumPyClient):
     def get_properties(self, config):
         return {"site": self.site, "session_secret": self.secret}
 
-    def evaluate(self, parameters, config):
+    def validate(self, parameters):
         return 0.7, self.examples, {"site": self.site, "session_secret": self.secret, "accuracy": 0.6}
 
 

@@ -114,3 +114,17 @@ def test_missing_config_key_is_a_clear_error(site) -> None:
     del config["batch_size"]
     with pytest.raises(ConfigError, match="batch_size"):
         client.fit(client.get_parameters({}), config)
+
+
+def test_validation_stays_for_the_secure_sum_and_matches_the_model(site) -> None:
+    """``validate`` (what the secure wrapper masks) is the model's own loss and accuracy on the split."""
+    client, _, _ = site
+    weights = client.get_parameters({})
+    loss, examples, metrics = client.validate(weights)
+    x, y = next(iter(client.local.val.batch(10_000)))
+    probabilities = client.local.model(x, training=False).numpy()
+    expected_loss = float(np.mean(-np.log(probabilities[np.arange(len(y)), y.numpy()])))
+    assert examples == client.local.n_val == len(y) > 0
+    assert loss == pytest.approx(expected_loss, rel=1e-5)
+    assert metrics["accuracy"] == pytest.approx(float(np.mean(probabilities.argmax(axis=1) == y.numpy())))
+    assert metrics["session_secret"] == "s3cret"  # the admission proof, for the masked result

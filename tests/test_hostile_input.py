@@ -32,6 +32,7 @@ VALID = {
     "download_version": {"version": 0, "chunk": 0},
     "acknowledge_update": {"version": 0},
     "session_ticket": {"request_id": 1},
+    "register_identity_key": {"public_key": "1PHj0IbmF1HXCbfQZi3RCBaDOW7gfDjZl6dbIBbCa40="},
 }
 WRONG_VALUES = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=True), st.text(max_size=20),
                          st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(),

@@ -10,22 +10,19 @@ import tensorflow as tf
 
 import client.federation.flower_client as flower_client
 from client.federation.flower_client import FLClient, LocalData
-from client.federation.secure_aggregation import (
-    SecAggClientState,
-    SecureAggregationClient,
-)
+from client.federation.secagg_state import SecAggClientState, SecAggPolicy
 from client.training.dp_training import DPConfig
 from client.training.examples import TrainingExamples
 from client.training.ledger import PrivacyLedger
 from client.training.privacy_contract import RequestTerms
-from server.sessions.secure_aggregation import SecureAggregationRound
+from shared import secagg_masking as masking
 from shared import secagg_protocol as proto
 from shared.privacy_accounting import SCHEDULE_PREFIX, DpSchedule
-from tests.secagg_fakes import LoopbackProxy
+from tests.secagg_fakes import Federation, FixedUpdate, LoopbackProxy
 
 pytestmark = pytest.mark.slow
 DP = {"noise_multiplier": 1.0, "delta": 1e-5, "l2_norm_clip": 1.0}
-STEP = 2 * proto.DEFAULT_CLIP_RANGE / proto.DEFAULT_LEVELS
+STEP = 2 * proto.DEFAULT_CLIP_RANGE / proto.levels_for(2)
 
 
 def _dp_site(tmp_path: Path) -> FLClient:
@@ -57,28 +54,36 @@ def test_masking_wraps_the_dp_trained_weights(tmp_path: Path, monkeypatch: pytes
         events.append(("shares", None))
         return real_receive(self, config)
 
-    def mask(self, global_weights, new_weights, examples):
-        events.append(("mask", new_weights))
-        return real_mask(self, global_weights, new_weights, examples)
+    def mask(self, slot, encoded):
+        events.append(("mask", [e.copy() for e in encoded]))
+        return real_mask(self, slot, encoded)
 
     monkeypatch.setattr(flower_client, "train_dp", train)
     monkeypatch.setattr(SecAggClientState, "receive_shares", receive)
     monkeypatch.setattr(SecAggClientState, "mask", mask)
 
-    site = SecureAggregationClient(_dp_site(tmp_path), site="a", required=True)
-    server = SecureAggregationRound(1, {"a": LoopbackProxy(site)}, threshold=1,
-                                    clip_range=proto.DEFAULT_CLIP_RANGE, levels=proto.DEFAULT_LEVELS, timeout_s=5)
+    federation = Federation(["a", "b"])
+    site = federation.client("a", _dp_site(tmp_path), SecAggPolicy(required=True))
     global_weights = site.get_parameters({})
+    other = federation.client("b", FixedUpdate([np.zeros_like(w) for w in global_weights], 1))
+    server = federation.server_round(1, {"a": LoopbackProxy(site), "b": LoopbackProxy(other)}, threshold=2)
+    relayed = server.exchange_keys()
     schedule = DpSchedule.for_epochs(noise_multiplier=1.0, l2_norm_clip=1.0, examples=64, batch_size=16, epochs=1)
     config = {"session_id": "S-1", "round": 1, "num_rounds": 1, "local_epochs": 1, "batch_size": 16,
-              "learning_rate": 0.1, "proximal_mu": 0.1, "examples": 64, **schedule.to_dict(SCHEDULE_PREFIX),
-              **server.exchange_keys()["a"]}
-    masked, examples, metrics = site.fit(global_weights, config)
+              "learning_rate": 0.1, "proximal_mu": 0.1, "examples": 64, **schedule.to_dict(SCHEDULE_PREFIX)}
+    masked, examples, metrics = site.fit(global_weights, {**config, **relayed["a"]})
 
     assert [name for name, _ in events] == ["shares", "dp_train", "mask"]
-    assert events[2][1] is events[1][1], "the masked update is exactly what DP-SGD returned"
-    assert examples == 64 and "loss" not in metrics
-    assert all(m.dtype == np.uint64 for m in masked)
-    mean = server.unmask({"a": masked}, {"a": examples})
-    trained_delta = [np.float64(w) - g for w, g in zip(events[1][1], global_weights)]
+    trained = events[1][1]
+    expected = masking.encode([np.float64(w) - g for w, g in zip(trained, global_weights)], examples,
+                              proto.DEFAULT_CLIP_RANGE, server.setup.levels)
+    # What was masked is the encoding of exactly what DP-SGD returned (stochastic rounding: within one level).
+    assert all(np.max(np.abs(m.astype(np.int64) - e.astype(np.int64))) <= examples
+               for m, e in zip(events[2][1][:-1], expected))
+    assert examples == 64 and "loss" not in metrics  # training metrics stay on the site
+    assert [m.dtype for m in masked] == [np.uint32] * (len(masked) - 1) + [np.uint64]
+    other_masked = other.fit(global_weights, relayed["b"])[0]  # b's update is zero and it has one example
+    mean, _ = masking.decode_update(server.unmask(proto.FIT, {"a": masked, "b": other_masked}),
+                                    proto.DEFAULT_CLIP_RANGE, server.setup.levels)
+    trained_delta = [(np.float64(w) - g) * examples / (examples + 1) for w, g in zip(trained, global_weights)]
     assert max(float(np.max(np.abs(m - d))) for m, d in zip(mean, trained_delta)) <= STEP

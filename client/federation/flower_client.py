@@ -32,6 +32,7 @@ from client.training.dp_training import DPConfig, LocalSettings, train_dp
 from client.training.examples import TrainingExamples
 from client.training.feature_cache import cached_features, compute_features
 from client.training.ledger import PrivacyLedger
+from client.training.per_example_clipping import correct_count, per_example_loss
 from client.training.privacy_contract import RequestTerms, accepted_schedule
 from shared.classifier import (
     Classifier,
@@ -45,6 +46,8 @@ from shared.errors import ConfigError, ProtocolError
 
 #: Called after every local epoch with (round, epoch, loss, accuracy); the figures stay on the site.
 ProgressCallback = Callable[[int, int, float, float], None]
+#: Validation batch size (memory only: validation results leave the site only as masked sums).
+_EVAL_BATCH = 64
 #: Keys every round's fit config must carry (the schedule's ``dp_*`` keys are checked with it).
 FIT_KEYS = ("session_id", "round", "num_rounds", "local_epochs", "batch_size", "learning_rate", "examples")
 
@@ -121,6 +124,24 @@ class FLClient(NumPyClient):
         """Refused: validation metrics would leave the site in the clear, outside the accountant."""
         raise ProtocolError("this site does not send validation metrics in the clear",
                             hint="Evaluate an accepted version locally: fl-client evaluate vN.")
+
+    def validate(self, parameters: list[np.ndarray]) -> tuple[float, int, dict[str, Scalar]]:
+        """Loss, count and accuracy of ``parameters`` on the local validation split, with the proof of
+        admission (``extra_fit_metrics``).
+
+        Only for the secure-aggregation wrapper, which puts the count, correct predictions and loss
+        sum inside the masked evaluate sum and lets nothing else but the proof leave the site.
+        """
+        if self.local.n_val == 0:
+            return 0.0, 0, {"accuracy": 0.0, **self.extra_fit_metrics}
+        set_trainable_weights(self.local.model, parameters)
+        loss_sum, correct = 0.0, 0.0
+        for x, y in self.local.val.batch(_EVAL_BATCH):
+            probabilities = self.local.model(x, training=False)
+            loss_sum += float(tf.reduce_sum(per_example_loss(y, probabilities)))
+            correct += float(correct_count(tf.cast(y, tf.int64), probabilities))
+        n = self.local.n_val
+        return loss_sum / n, n, {"accuracy": correct / n, **self.extra_fit_metrics}
 
     def _epoch_reporter(self, round_number: int) -> Callable[[int, float, float], None] | None:
         if self.progress is None:

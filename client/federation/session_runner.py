@@ -55,7 +55,7 @@ def join_session(
     from flwr.client import start_client
 
     from client.federation.flower_client import build_site_client
-    from client.federation.secure_aggregation import SecureAggregationClient
+    from client.federation.secure_aggregation import secure_client_for
     from client.training.dp_training import DPConfig
     from client.training.privacy_contract import RequestTerms, site_ledger
 
@@ -86,11 +86,9 @@ def join_session(
         )
     wait_until_listening(ticket.host, ticket.port, timeout_s=listen_timeout_s)
     log.info("%s joins session %d at %s:%d", profile.site, ticket.session_id, ticket.host, ticket.port)
-    # The server decides per round whether to drive secure aggregation; a session approved with it
-    # never gets plain weights from this site.
-    secure = SecureAggregationClient(
-        client, site=profile.site, required=bool(ticket.config.get("secure_aggregation"))
-    )
+    # A session approved with secure aggregation (or any session, if the profile requires it) never
+    # gets plain weights or plain validation metrics from this site.
+    secure = secure_client_for(client, profile, ticket)
     start_client(
         server_address=f"{ticket.host}:{ticket.port}",
         client=secure.to_client(),

@@ -126,6 +126,10 @@ class SiteConnection:
         """Host, port, secret and config of the session an approved request belongs to."""
         return self._call("session_ticket", request_id=p.parse_request_ref(request))  # type: ignore[return-value]
 
+    def register_identity_key(self, public_key: str) -> p.IdentityKeyRegistered:
+        """Register this site's identity public key (base64) for secure aggregation; idempotent."""
+        return self._call("register_identity_key", public_key=public_key)  # type: ignore[return-value]
+
     def wait_for_approval(
         self, request: str | int, *, poll_interval: float = 2.0, timeout: float | None = None
     ) -> p.SessionTicket:

@@ -48,6 +48,22 @@ def setup_site(settings: Settings, **fields: Any) -> SiteProfile:
     return profile
 
 
+def register_identity(profile: SiteProfile, connection: SiteConnection | None = None) -> protocol.IdentityKeyRegistered:
+    """Make the site's identity key if it has none and register it with the server (idempotent).
+
+    Peers in a secure-aggregation session accept only keys signed by the identity key the
+    server registered for this site, so this runs at setup and again before every request.
+    """
+    from client.federation.site_identity import load_or_create_identity
+    from shared.secagg_identity import encode_public_key
+
+    public_key = encode_public_key(load_or_create_identity(profile.identity_key_path))
+    if connection is not None:
+        return connection.register_identity_key(public_key)
+    with connect(profile) as own:
+        return own.register_identity_key(public_key)
+
+
 def connect(profile: SiteProfile, *, timeout: float = 30.0) -> SiteConnection:
     return SiteConnection(profile.server_host, profile.server_port, profile.site, profile.token, timeout=timeout,
                           tls_ca=profile.tls_ca, tls_cert=profile.tls_cert, tls_key=profile.tls_key)
@@ -113,6 +129,7 @@ def request_training(
 
     planned_epsilon(profile, rounds=rounds, local_epochs=local_epochs, dp=dp)
     with connect(profile) as connection:
+        register_identity(profile, connection)
         return connection.submit_request(rounds=rounds, local_epochs=local_epochs, dp=dp, note=note,
                                          declaration=declaration(profile))
 

@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
                               help="most MRI slices of one patient; views then show patient-level epsilon")
     setup_parser.add_argument("--dp-engine", choices=protocol.DP_ENGINES, default=protocol.DEFAULT_DP_ENGINE,
                               help="DP-SGD engine of this site's requests (default %(default)s)")
+    setup_parser.add_argument("--require-secure-aggregation", action="store_true",
+                              help="refuse every session without secure aggregation, whatever the server says")
 
     request = commands.add_parser("request", help="send a training request")
     request.add_argument("--rounds", type=int, default=3)

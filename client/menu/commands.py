@@ -17,7 +17,7 @@ from client.menu import views
 from client.menu.token_input import read_token
 from client.menu.training_display import TrainingDisplay
 from client.site_profile import SiteProfile
-from shared.errors import UsageError
+from shared.errors import FLError, UsageError
 from shared.progress import ProgressDisplay
 from shared.protocol import DEFAULT_DP_ENGINE
 from shared.settings import Settings
@@ -45,9 +45,22 @@ def setup(args: argparse.Namespace, settings: Settings) -> int:
             budget_epsilon=args.budget_epsilon, budget_delta=args.budget_delta,
             backbone_weights=args.backbone_weights, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
             tls_key=args.tls_key, count_public=args.count_public,
-            max_slices_per_patient=args.slices_per_patient, dp_engine=args.dp_engine)
+            max_slices_per_patient=args.slices_per_patient, dp_engine=args.dp_engine,
+            require_secure_aggregation=args.require_secure_aggregation)
     print_setup(console, profile)
+    print_identity(console, profile)
     return 0
+
+
+def print_identity(out: Console, profile: SiteProfile) -> None:
+    """Register the site's identity key now if the server answers; it is retried with every request."""
+    try:
+        registered = site_actions.register_identity(profile)
+    except FLError as exc:  # the profile is saved either way; the next request registers it
+        out.print(f"identity key not registered yet ({exc}); it will be with the first request", markup=False)
+        return
+    out.print(f"identity key {registered.fingerprint} registered (compare it with your peers' out of band)",
+              markup=False)
 
 
 def print_setup(out: Console, profile: SiteProfile) -> None:

@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("enable", help="re-enable a disabled site").add_argument("site")
     commands.add_parser("rotate-token", help="give a site a new token; the old one stops working").add_argument("site")
     commands.add_parser("sites", help="enrolled sites")
+    commands.add_parser("reset-identity-key", help="forget a site's identity key so it can register a new one"
+                        ).add_argument("site")
 
     listing = commands.add_parser("requests", help="training requests")
     listing.add_argument("--pending", action="store_true", help="only PENDING ones")
@@ -61,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("--lr", type=float, default=0.05)
     approve.add_argument("--secure-aggregation", action=argparse.BooleanOptionalAction, default=None,
                          help="mask updates so the server sees only their sum (default: on for 3+ sites)")
-    approve.add_argument("--secagg-threshold", type=int, help="sites that must survive masking (default ceil(2n/3))")
+    approve.add_argument("--secagg-threshold", type=int,
+                         help="shares that rebuild a site's secrets, within its neighbourhood of "
+                              "k = min(n, 2*ceil(log2 n)+1) sites (default ceil(2k/3))")
     approve.add_argument("--wait", action="store_true", help="block until the session ends")
     reject = commands.add_parser("reject", help="reject a request with a reason")
     reject.add_argument("request")

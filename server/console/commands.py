@@ -116,6 +116,15 @@ def _rotate_token(args: argparse.Namespace, store: Store, settings: Settings) ->
     return 0
 
 
+def _reset_identity_key(args: argparse.Namespace, store: Store, settings: Settings) -> int:
+    if store.reset_identity_key(args.site):
+        console.print(f"identity key of {args.site} forgotten; the site registers a new one with "
+                      f"fl-client --site {args.site} setup", markup=False)
+    else:
+        console.print(f"site {args.site} has no registered identity key", markup=False)
+    return 0
+
+
 def _sites(args: argparse.Namespace, store: Store, settings: Settings) -> int:
     console.print(views.sites_table(store.list_sites()))
     return 0
@@ -289,4 +298,5 @@ COMMANDS: dict[str, Handler] = {
     "versions": _versions,
     "version": _version, "export": _export, "rollback": _rollback, "cleanup": _cleanup, "audit": _audit,
     "analyst-token": _analyst_token,
+    "reset-identity-key": _reset_identity_key,
 }

@@ -4,7 +4,8 @@ What the server keeps of a round is only what is outside the sites' data: which 
 admitted update and the example counts approved for them (declared public or bucketed). Whatever
 else a site puts in its fit metrics (training loss or accuracy, an older client's epsilon) is
 dropped unread, and there is no evaluate round: validation metrics would leave the sites in the
-clear, outside the DP accountant, so a session is shown as "not evaluated".
+clear, outside the DP accountant, so a session is shown as "not evaluated". ``SecureFedProx``
+adds one, whose metrics leave the sites only inside a masked sum.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from server.sessions.secure_fedprox import SecureFedProx
 from server.store import Store
 from server.store.lifecycle import SessionState
 from shared import secagg_protocol
+from shared.secagg_identity import decode_public_key
 from shared.errors import SessionFailedError
 
 log = logging.getLogger(__name__)
@@ -152,8 +153,10 @@ def _strategy(store: Store, session_id: int, options: SessionOptions) -> Admitte
     )
     if not options.secure_aggregation:
         return AdmittedFedProx(**common)
+    registered = store.identity_keys(session.participants)
     return SecureFedProx(
         **common,
+        identity_keys={site: decode_public_key(key) for site, key in registered.items()},
         threshold=options.secagg_threshold,
         clip_range=options.secagg_clip_range,
         stage_timeout_s=options.round_timeout_s,

@@ -1,141 +1,210 @@
-"""The server's side of one secure-aggregation round: relay keys and shares, then unmask the sum.
+"""The server's side of one secure-aggregation round: relay signed keys and shares, unmask sums.
 
-The server only routes what sites encrypt to each other and, at the end, rebuilds the secrets
-it needs to cancel the masks of the sum (self-mask seeds of the sites whose vector arrived,
-mask keys of the sites that dropped after sharing them). Fields and stages are defined in
-``shared.secagg_protocol``; see ``server.sessions.secure_fedprox.SecureFedProx`` for the whole protocol.
+The server only routes what sites sign and encrypt to each other and, at the end of each slot
+(fit, evaluate), rebuilds the secrets it needs to cancel the masks of the sum: self-mask seeds of
+the sites whose vector arrived, mask keys of the sites that dropped after sharing them. Each
+site talks only to its neighbours (``shared.secagg_graph``), so a site's work and bytes grow
+like log n. Fields and stages are defined in ``shared.secagg_protocol``; see
+``server.sessions.secure_fedprox.SecureFedProx`` for the whole protocol.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import NoReturn
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from flwr.common import GetPropertiesIns, Scalar
-from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.server.client_proxy import ClientProxy
 
 from shared import secagg_masking as masking
 from shared import secagg_protocol as proto
+from shared import secagg_shamir
 from shared.errors import SessionFailedError
+from shared.secagg_graph import is_connected, neighbourhoods
+from shared.secagg_identity import keys_are_signed
 
 log = logging.getLogger(__name__)
 
 Properties = dict[str, Scalar]
+#: ``(site, reason)`` for every site left out of a round's secure aggregation.
+LeaveLogger = Callable[[str, str], None]
+_KEY_FIELDS = (proto.PK_ENCRYPT, *(proto.PK_MASK_OF[slot] for slot in proto.SLOTS))
 
 
 class SecureAggregationRound:
-    """Stages 0, 1 and 3 of one round, driven over the admitted sites' ``ClientProxy``.
+    """Stages 0, 1, 3 and 5 of one round, driven over the admitted sites' ``ClientProxy``.
 
     Parameters
     ----------
-    server_round : int
-        The Flower round; sites refuse stages of any other round.
+    setup : RoundSetup
+        Session, round, the round's sites (their order), threshold within a neighbourhood, quantisation.
     proxies : dict[str, ClientProxy]
         The round's sites (admitted, sampled) by name.
-    threshold : int
-        Shares that rebuild a secret; a stage that leaves fewer sites fails the round.
-    clip_range, levels : float, int
-        Quantisation sent to the sites (``shared.secagg_masking``).
+    identity_keys : Mapping[str, Ed25519PublicKey]
+        Each site's registered identity key; a site whose keys it did not sign is left out.
     timeout_s : float
         How long each stage waits for a site before counting it as dropped.
+    on_leave : LeaveLogger
+        Told about every site left out, and why.
     """
 
     def __init__(
         self,
-        server_round: int,
-        proxies: dict[str, ClientProxy],
+        setup: proto.RoundSetup,
+        proxies: Mapping[str, ClientProxy],
         *,
-        threshold: int,
-        clip_range: float,
-        levels: int,
+        identity_keys: Mapping[str, Ed25519PublicKey],
         timeout_s: float,
+        on_leave: LeaveLogger | None = None,
     ) -> None:
-        self.round = server_round
-        self.proxies = dict(sorted(proxies.items()))
-        self.threshold = threshold
-        self.clip_range = clip_range
-        self.levels = levels
+        self.setup = setup
+        self.proxies = dict(proxies)
+        self.identity_keys = identity_keys
         self.timeout_s = timeout_s
-        self.public_keys: dict[str, tuple[bytes, bytes]] = {}  # site -> (encryption, mask)
-        self.sharing: list[str] = []  # U2: sites whose shares reached the others
+        self.on_leave = on_leave or (lambda site, reason: None)
+        self.graph = neighbourhoods(setup.sites, setup.session_id, setup.round)
+        self.public_keys: dict[str, tuple[bytes, ...]] = {}  # site -> (encrypt, mask fit, mask evaluate)
+        self.signatures: dict[str, bytes] = {}
+        self.sharing: list[str] = []  # sites whose shares reached all their sharing neighbours
 
     @property
-    def sites(self) -> list[str]:
-        return list(self.proxies)
+    def round(self) -> int:
+        return self.setup.round
+
+    @property
+    def threshold(self) -> int:
+        return self.setup.threshold
 
     def exchange_keys(self) -> dict[str, Properties]:
         """Stages 0 and 1; returns, per site that shared its secrets, the shares to pass in ``fit``."""
-        setup = {proto.ROUND: self.round, proto.SITES: proto.join_sites(self.sites),
-                 proto.THRESHOLD: self.threshold, proto.CLIP_RANGE: self.clip_range,
-                 proto.LEVELS: self.levels}
-        replies = self._ask(proto.SETUP, self.sites, setup)
-        self.public_keys = {
-            site: (reply[proto.PK_ENCRYPT], reply[proto.PK_MASK])
-            for site, reply in replies.items()
-            if self._has_keys(site, reply)
-        }
+        setup = self.setup.to_config()
+        replies = self._ask(proto.SETUP, {site: setup for site in self.setup.sites})
+        for site, reply in replies.items():
+            self._accept_keys(site, reply)
         self._require(len(self.public_keys), "the key exchange")
-        announced: Properties = {
-            proto.ROUND: self.round,
-            **{proto.field(proto.PK_ENCRYPT, s): k[0] for s, k in self.public_keys.items()},
-            **{proto.field(proto.PK_MASK, s): k[1] for s, k in self.public_keys.items()},
-        }
-        shares = self._ask(proto.SHARE_KEYS, list(self.public_keys), announced)
-        self.sharing = sorted(site for site, reply in shares.items() if self._shares_all(site, reply))
+        shares = self._ask(proto.SHARE_KEYS, {site: self._announce(site) for site in self.public_keys})
+        sharing = {site for site, reply in shares.items() if self._shares_all(site, reply)}
+        self.sharing = sorted(self._with_enough_neighbours(sharing))
         self._require(len(self.sharing), "the share exchange")
         return {
             receiver: {
                 proto.STAGE: proto.MASK,
                 proto.ROUND: self.round,
                 **{proto.field(proto.SHARE, sender): shares[sender][proto.field(proto.SHARE, receiver)]
-                   for sender in self.sharing if sender != receiver},
+                   for sender in self.graph[receiver] & set(self.sharing)},
             }
             for receiver in self.sharing
         }
 
-    def unmask(self, masked: dict[str, list[np.ndarray]], examples: dict[str, int]) -> list[np.ndarray]:
-        """Stage 3: the example-weighted mean of the survivors' updates, and nothing else."""
+    def evaluate_config(self) -> Properties:
+        """What an ``evaluate`` instruction carries to have its metrics masked in the evaluate slot."""
+        return {proto.STAGE: proto.MASK_EVALUATE, proto.ROUND: self.round}
+
+    def unmask(self, slot: str, masked: Mapping[str, list[np.ndarray]]) -> list[np.ndarray]:
+        """Stage 3 (fit) or 5 (evaluate): the sum of the survivors' vectors in their fields, masks removed."""
         survivors = sorted(s for s in masked if s in self.sharing)
         dropped = sorted(set(self.sharing) - set(survivors))
-        self._require(len(survivors), "masking")
-        request = {proto.ROUND: self.round, proto.SURVIVORS: proto.join_sites(survivors),
-                   proto.DROPPED: proto.join_sites(dropped)}
-        replies = self._ask(proto.UNMASK, survivors, request)
-        self._require(len(replies), "unmasking")
+        self._require(len(survivors), f"masking ({slot})" if slot != proto.FIT else "masking")
+        self._check_recoverable(survivors, dropped, slot)
+        requests = {
+            site: {proto.ROUND: self.round,
+                   proto.SURVIVORS: proto.join_sites(sorted((self.graph[site] & set(survivors)) | {site})),
+                   proto.DROPPED: proto.join_sites(sorted(self.graph[site] & set(dropped)))}
+            for site in survivors
+        }
+        replies = self._ask(proto.UNMASK_STAGE[slot], requests)
+        self._require(len(replies), "unmasking" if slot == proto.FIT else f"unmasking ({slot})")
         if dropped:
-            log.info("round %d: secure aggregation recovers the masks of dropped site(s) %s",
-                     self.round, ", ".join(dropped))
-        shapes = [m.shape for m in masked[survivors[0]]]
-        total = masking.zeros(shapes)
+            log.info("round %d %s: secure aggregation recovers the masks of dropped site(s) %s",
+                     self.round, slot, ", ".join(dropped))
+        total = masking.zeros_like(masked[survivors[0]])
         for site in survivors:
             masking.accumulate(total, masked[site], +1)
-            seed = self._rebuild(replies, proto.SEED_SHARE, site)
-            masking.accumulate(total, masking.prg_mask(seed, shapes), -1)
+        masks = [(self._rebuild(replies, proto.SEED_SHARE, site), -1) for site in survivors]
+        key_index = 1 + proto.SLOTS.index(slot)
         for site in dropped:
             key = X25519PrivateKey.from_private_bytes(self._rebuild(replies, proto.KEY_SHARE, site))
-            for survivor in survivors:
-                seed = masking.pairwise_seed(key, self.public_keys[survivor][1])
-                # The survivor added the mask when it comes first, so take it off the same way.
-                sign = -1 if self.sites.index(survivor) < self.sites.index(site) else +1
-                masking.accumulate(total, masking.prg_mask(seed, shapes), sign)
-        total_examples = sum(examples[s] for s in survivors)
-        masking.check_capacity(total_examples, self.levels)
-        return masking.decode_mean(total, total_examples, self.clip_range, self.levels)
+            # Each survivor added the pairwise mask when it comes first: take it off the same way.
+            masks += [(masking.pairwise_seed(key, self.public_keys[survivor][key_index]),
+                       -1 if self._position(survivor) < self._position(site) else +1)
+                      for survivor in sorted(self.graph[site] & set(survivors))]
+        masking.apply_masks(total, masks)
+        return total
 
-    # -- helpers -------------------------------------------------------------------------
-    def _ask(self, stage: str, sites: list[str], config: Properties) -> dict[str, Properties]:
-        """Send one stage to ``sites`` at once; a site that fails or times out is dropped."""
-        ins = GetPropertiesIns(config={proto.STAGE: stage, **config})
+    # -- stages' checks ---------------------------------------------------------------------
+    def _accept_keys(self, site: str, reply: Properties) -> None:
+        """A site enters the round only with raw X25519 keys signed by its registered identity key."""
+        keys = tuple(reply.get(name) for name in _KEY_FIELDS)
+        if not all(isinstance(k, bytes) and len(k) == 32 for k in keys):
+            self._leave(site, "no public keys for secure aggregation")
+            return
+        identity = self.identity_keys.get(site)
+        signature = reply.get(proto.SIGNATURE)
+        if identity is None:
+            self._leave(site, "no registered identity key (the site must run setup to register one)")
+        elif not keys_are_signed(identity, signature, self.setup, site, keys):  # type: ignore[arg-type]
+            self._leave(site, "its keys are not signed by its registered identity key")
+        else:
+            self.public_keys[site] = keys  # type: ignore[assignment]
+            self.signatures[site] = signature  # type: ignore[assignment]
 
+    def _announce(self, site: str) -> Properties:
+        """Stage 1 config for ``site``: its keyed neighbours' public keys and signatures."""
+        config: Properties = {proto.ROUND: self.round}
+        for peer in sorted(self.graph[site] & self.public_keys.keys()):
+            for name, key in zip(_KEY_FIELDS, self.public_keys[peer]):
+                config[proto.field(name, peer)] = key
+            config[proto.field(proto.SIGNATURE, peer)] = self.signatures[peer]
+        return config
+
+    def _shares_all(self, sender: str, reply: Properties) -> bool:
+        """A site goes on only with a share message for every keyed neighbour (bytes each)."""
+        expected = [proto.field(proto.SHARE, s) for s in self.graph[sender] & self.public_keys.keys()]
+        complete = all(isinstance(reply.get(key), bytes) for key in expected)
+        if not complete:
+            self._leave(sender, "incomplete shares")
+        return complete
+
+    def _with_enough_neighbours(self, sharing: set[str]) -> set[str]:
+        """Leave out, until none is left, sites with fewer than ``threshold`` sharers in their neighbourhood:
+        they would refuse to mask, and no one could rebuild their secrets."""
+        sharing = set(sharing)
+        while short := {s for s in sharing if len(self.graph[s] & sharing) + 1 < self.threshold}:
+            for site in sorted(short):
+                self._leave(site, f"fewer than {self.threshold} neighbours shared their secrets")
+            sharing -= short
+        return sharing
+
+    def _check_recoverable(self, survivors: list[str], dropped: list[str], slot: str) -> None:
+        """Before any share is revealed: every secret must be rebuildable, and no part of the
+        survivors may be cut off from the rest (its sum could then be unmasked on its own)."""
+        alive = set(survivors)
+        for site in survivors:
+            holders = len(self.graph[site] & alive) + 1
+            if holders < self.threshold:
+                self._fail(f"{slot}: {site} has {holders} surviving site(s) in its neighbourhood")
+        for site in dropped:
+            holders = len(self.graph[site] & alive)
+            if holders < self.threshold:
+                self._fail(f"{slot}: the secrets of dropped {site} are held by {holders} survivor(s)")
+        if not is_connected(alive, self.graph):
+            self._fail(f"{slot}: the surviving sites are split into groups with no masks between them")
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _ask(self, stage: str, configs: Mapping[str, Properties]) -> dict[str, Properties]:
+        """Send one stage to every site at once; a site that fails or times out is dropped."""
         def call(site: str) -> Properties:
+            ins = GetPropertiesIns(config={proto.STAGE: stage, **configs[site]})
             return self.proxies[site].get_properties(ins, timeout=self.timeout_s, group_id=self.round).properties
 
         replies: dict[str, Properties] = {}
-        with ThreadPoolExecutor(max_workers=max(1, len(sites))) as pool:
-            futures = {site: pool.submit(call, site) for site in sites}
+        with ThreadPoolExecutor(max_workers=max(1, len(configs))) as pool:
+            futures = {site: pool.submit(call, site) for site in configs}
             for site, future in futures.items():
                 try:
                     replies[site] = future.result()
@@ -144,32 +213,27 @@ class SecureAggregationRound:
                                 self.round, stage, site, exc.__class__.__name__, exc)
         return replies
 
-    def _has_keys(self, site: str, reply: Properties) -> bool:
-        """A site enters the round only with two raw X25519 public keys (an old client has none)."""
-        valid = all(isinstance(reply.get(k), bytes) and len(reply[k]) == 32
-                    for k in (proto.PK_ENCRYPT, proto.PK_MASK))
-        if not valid:
-            log.warning("round %d secure aggregation: %s left out (no public keys)", self.round, site)
-        return valid
-
-    def _shares_all(self, sender: str, reply: Properties) -> bool:
-        """A site enters the round only with a share message for every other site (bytes each)."""
-        expected = [proto.field(proto.SHARE, s) for s in self.public_keys if s != sender]
-        complete = all(isinstance(reply.get(key), bytes) for key in expected)
-        if not complete:
-            log.warning("round %d secure aggregation: %s left out (incomplete shares)", self.round, sender)
-        return complete
+    def _leave(self, site: str, reason: str) -> None:
+        log.warning("round %d secure aggregation: %s left out (%s)", self.round, site, reason)
+        self.on_leave(site, reason)
 
     def _require(self, alive: int, stage: str) -> None:
         if alive < self.threshold:
-            raise SessionFailedError(
-                f"round {self.round}: secure aggregation: only {alive} of {len(self.sites)} sites "
-                f"survived {stage}, threshold {self.threshold}"
-            )
+            self._fail(f"only {alive} of {len(self.setup.sites)} sites survived {stage}, threshold {self.threshold}")
+
+    def _fail(self, problem: str) -> NoReturn:
+        raise SessionFailedError(f"round {self.round}: secure aggregation: {problem}")
 
     def _rebuild(self, replies: dict[str, Properties], prefix: str, owner: str) -> bytes:
         """Combine ``threshold`` of the shares the sites revealed of ``owner``'s secret."""
         key = proto.field(prefix, owner)
-        shares = [bytes(reply[key]) for reply in replies.values() if isinstance(reply.get(key), bytes)]
+        shares = [reply[key] for reply in replies.values()
+                  if isinstance(reply.get(key), bytes) and len(reply[key]) == secagg_shamir.SHARE_BYTES]
         self._require(len(shares), f"unmasking (shares of {owner})")
-        return combine_shares(shares[: self.threshold])
+        try:
+            return secagg_shamir.combine(shares[: self.threshold])  # type: ignore[arg-type]
+        except ValueError as exc:
+            self._fail(f"unmasking: the shares of {owner} are unusable ({exc})")
+
+    def _position(self, site: str) -> int:
+        return self.setup.sites.index(site)

@@ -1,13 +1,16 @@
-"""FedProx over admitted sites where the server learns only the weighted sum of their updates."""
+"""FedProx over admitted sites where the server learns only sums: of updates, and of validation metrics."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from flwr.common import FitIns, Parameters, parameters_to_ndarrays
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from flwr.common import EvaluateIns, FitIns, Parameters, Scalar, parameters_to_ndarrays
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedProx
 
 from server.sessions.admission import AdmissionClientManager
 from server.sessions.fedprox import AdmittedFedProx, _Admitted
@@ -16,91 +19,112 @@ from server.sessions.update_validation import update_problem
 from shared import secagg_masking as masking
 from shared import secagg_protocol as proto
 from shared.errors import SessionFailedError
+from shared.secagg_graph import neighbourhood_size
 
 
 class SecureFedProx(AdmittedFedProx):
-    """``AdmittedFedProx`` with secure aggregation (Bonawitz et al. 2017) of the fit results.
+    """``AdmittedFedProx`` with secure aggregation (SecAgg+: Bonawitz et al. 2017, Bell et al. 2020).
 
-    Every round runs four stages over the session's own Flower connections (fields in
-    ``shared.secagg_protocol``):
+    Every round runs these stages over the session's own Flower connections (fields in
+    ``shared.secagg_protocol``; who neighbours whom in ``shared.secagg_graph``):
 
-    0. *setup* (``get_properties``): each sampled site makes two fresh X25519 key pairs, one to
-       encrypt messages to other sites, one to agree pairwise mask seeds, and a random
-       self-mask seed ``b``; it answers the two public keys.
-    1. *share keys* (``get_properties``): the server relays all public keys; each site splits
-       ``b`` and its mask private key into ``n`` Shamir shares (``threshold`` rebuild them),
-       and encrypts each other site's pair of shares to it (X25519 + HKDF -> Fernet).
+    0. *setup* (``get_properties``): each sampled site checks the round's parameters against its
+       ticket and local policy, makes fresh X25519 keys (one to encrypt messages to other sites,
+       one mask key per slot) and a random self-mask seed per slot, and answers the public keys
+       signed with its registered Ed25519 identity key.
+    1. *share keys* (``get_properties``): the server relays to each site its neighbours' signed
+       keys; each site checks the signatures, splits its seeds and mask keys into Shamir shares
+       among its neighbourhood (``threshold`` of them rebuild a secret), and encrypts each
+       neighbour's shares to it (X25519 + HKDF -> Fernet).
     2. *mask* (``fit``): the server relays the encrypted shares with the round's fit config
        (weights, FedProx ``proximal_mu``, ...). The site trains with DP-SGD + FedProx as in a
-       plain round, then sends ``x = n * quantize(clip(w_new - w_global)) + PRG(b)
-       +- PRG(s_uv)`` in Z_(2^64): its example count ``n`` and metrics stay in the clear.
-    3. *unmask* (``get_properties``): the server names the survivors (vectors received) and
-       the dropped sites (shared keys, sent no vector); each survivor reveals its shares of
-       the survivors' ``b`` and of the dropped sites' mask keys. The server removes all masks
-       from the sum, divides by the total example count and dequantises: the new global weights
-       are the example-weighted FedAvg mean, within ``2 * clip_range / levels`` per coordinate.
+       plain round, then sends ``w * quantize(clip(w_new - w_global))`` in Z_(2^32), ``w`` its
+       example count capped at ``weight_cap``, followed by the extras in Z_(2^64) (``w`` and the
+       count first), each plus ``PRG(b) +- PRG(s_uv)`` over its neighbours.
+    3. *unmask* (``get_properties``): the server names each survivor's surviving and dropped
+       neighbours; it reveals its shares of the survivors' seeds and of the dropped sites' mask
+       keys. The server removes every mask from the sum, divides by the summed weight and
+       dequantises: the new global weights are the example-weighted FedAvg mean (counts capped
+       at ``weight_cap``), within ``2 * clip_range / levels`` per coordinate, where
+       ``levels = levels_for(sites, weight_cap)`` is the most that fits in 32 bits.
+    4. *mask evaluate* (``evaluate``): each site evaluates the new weights and sends only
+       ``EVALUATE_EXTRAS`` (validation count, correct predictions, loss sum), masked with the
+       evaluate slot's secrets, shared in stage 1.
+    5. *unmask evaluate*: as 3, for the evaluate slot; the round's validation loss and accuracy
+       come from these sums. No per-site validation metric is ever seen.
 
-    A masked vector cannot be norm-checked on its own: what bounds one site's influence is the
-    clipping of each coordinate of its update to ``+-clip_range`` before quantisation (done by
-    honest sites), and the server checks the *aggregate* update (finite, norm within
-    ``max_update_norm``); a rejected aggregate fails the round. A stage that leaves fewer than
-    ``threshold`` sites fails the round with a ``SessionFailedError`` naming the stage.
+    A masked vector cannot be norm-checked on its own: what bounds one honest site's influence is
+    the clipping of each coordinate of its update to ``+-clip_range`` before quantisation, and
+    the server checks the *aggregate* update (finite, norm within ``max_update_norm``); a
+    rejected aggregate fails the round. A dishonest site can still send any vector (nothing
+    proves its range). A stage that leaves fewer than ``threshold`` sites in a neighbourhood,
+    or survivors cut into groups with no mask between them, fails the round with a
+    ``SessionFailedError`` naming it.
 
-    Trust model: a server that follows the stages but reads everything it relays, together with
-    fewer than ``threshold`` colluding sites, learns of an honest site's update only what the
-    sum reveals. Public keys are relayed unsigned, so a server that actively swaps them is not
-    covered (that needs the signed-key variant of the paper and a PKI of the sites). Every pair
-    of sites masks (SecAgg's complete graph; SecAgg+'s sparse neighbour graph pays off only at
-    hundreds of sites).
+    Trust model: an honest-but-curious server, together with fewer than ``threshold`` colluding
+    sites in any neighbourhood, learns of an honest site's update only what the sum reveals.
+    Sites refuse peers their ticket does not name and keys their peers did not sign, so a server
+    that relays faithfully cannot be bypassed by anyone on the path; a server that lies in the
+    tickets themselves (it is the registry of identity keys) is not stopped (see README).
 
     Parameters
     ----------
+    identity_keys : Mapping[str, Ed25519PublicKey]
+        The registered identity key of each participant.
     threshold : int | None
-        Shares needed to rebuild a secret; default ``ceil(2n/3)`` of the session's sites. It
-        must exceed half of them, so two disjoint groups of sites can never be asked for the two
-        different secrets of one site (which together would unmask it).
+        Shares needed to rebuild a secret; default ``ceil(2k/3)`` of a neighbourhood of ``k``. It
+        must exceed half the neighbourhood, so two disjoint groups of sites can never be asked
+        for the two different secrets of one site (which together would unmask it).
     clip_range : float
         Bound of each coordinate of a site's update (new weights - global weights).
-    levels : int
-        Quantisation levels over ``[-clip_range, clip_range]``.
+    weight_cap : int
+        A site's weight in the mean is its example count up to this; with the number of sites it
+        fixes the quantisation levels of a round (``shared.secagg_protocol.levels_for``).
     stage_timeout_s : float
         How long a stage waits for a site before counting it as dropped.
     **kwargs
-        As ``AdmittedFedProx`` (participants, verify_secret, initial_weights, proximal_mu, ...).
+        As ``AdmittedFedProx`` (participants, verify_secret, initial_weights, proximal_mu, ...);
+        ``round_config`` must hold the ``session_id``.
     """
 
     def __init__(
         self,
         *,
+        identity_keys: Mapping[str, Ed25519PublicKey],
         threshold: int | None = None,
         clip_range: float = proto.DEFAULT_CLIP_RANGE,
-        levels: int = proto.DEFAULT_LEVELS,
+        weight_cap: int = proto.DEFAULT_WEIGHT_CAP,
         stage_timeout_s: float,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.fraction_evaluate = 1.0  # validation metrics leave the sites only inside the evaluate sum
         count = len(self.participants)
+        self.identity_keys = dict(identity_keys)
         self.threshold = proto.check_threshold(threshold or proto.default_threshold(count), count)
         self.clip_range = clip_range
-        self.levels = levels
+        self.weight_cap = weight_cap
         self.stage_timeout_s = stage_timeout_s
+        self.session_id = int(self.round_config["session_id"])
         self._round: SecureAggregationRound | None = None
+        #: The extras' sums of the latest unmasked vector of each slot (``FIT_EXTRAS``, ``EVALUATE_EXTRAS``).
+        self.last_sums: dict[str, dict[str, float]] = {}
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         """Sample as FedProx, then run stages 0-1 and add each site's relayed shares to its fit."""
-        if not isinstance(client_manager, AdmissionClientManager):
-            raise TypeError("secure aggregation needs the AdmissionClientManager's site of each client")
+        site_of = self._sites(client_manager)
         instructions = super().configure_fit(server_round, parameters, client_manager)
-        site_of = client_manager.site_of
+        proxies = {site_of[proxy.cid]: proxy for proxy, _ in instructions}
+        # A smaller round has a smaller (never larger) neighbourhood: the threshold shrinks with it
+        # but stays above half of it, since the session's threshold was above half of a larger one.
+        setup = proto.RoundSetup(self.session_id, server_round, tuple(sorted(proxies)),
+                                 min(self.threshold, neighbourhood_size(len(proxies))), self.clip_range,
+                                 proto.levels_for(len(proxies), self.weight_cap), self.weight_cap)
         self._round = SecureAggregationRound(
-            server_round,
-            {site_of[proxy.cid]: proxy for proxy, _ in instructions},
-            threshold=self.threshold,
-            clip_range=self.clip_range,
-            levels=self.levels,
-            timeout_s=self.stage_timeout_s,
+            setup, proxies, identity_keys=self.identity_keys, timeout_s=self.stage_timeout_s,
+            on_leave=lambda site, reason: self._reject(server_round, "secure aggregation", site, reason),
         )
         relayed = self._round.exchange_keys()
         return [
@@ -109,24 +133,66 @@ class SecureFedProx(AdmittedFedProx):
             if site_of[proxy.cid] in relayed
         ]
 
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        """Evaluate on the sites that shared this round's secrets, metrics masked in the evaluate slot."""
+        site_of = self._sites(client_manager)
+        if self._round is None or self._round.round != server_round:
+            return []
+        extra = self._round.evaluate_config()
+        sampled = FedProx.configure_evaluate(self, server_round, parameters, client_manager)  # not the plain refusal
+        return [
+            (proxy, EvaluateIns(ins.parameters, {**ins.config, **extra}))
+            for proxy, ins in sampled
+            if site_of.get(proxy.cid) in self._round.sharing
+        ]
+
+    def aggregate_evaluate(
+        self, server_round: int, results: list[tuple[ClientProxy, Any]], failures: list[Any]
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        """The round's validation loss and accuracy from the unmasked sums; nothing per site."""
+        masked: dict[str, list[np.ndarray]] = {}
+        admitted: list[_Admitted] = []
+        for entry in self._admit(server_round, "evaluate", results):
+            vector = self._masked_metrics(server_round, entry)
+            if vector is not None:
+                masked[entry.site] = [vector]
+                admitted.append(entry)
+        self._require_enough(server_round, "evaluate", admitted, failures)
+        total = self._unmask(server_round, proto.EVALUATE, masked)
+        sums = self.last_sums[proto.EVALUATE] = masking.decode_extras(total[0], proto.EVALUATE_EXTRAS)
+        examples = int(sums["examples"])
+        summary: dict[str, Any] = {
+            "loss": sums["loss_sum"] / examples if examples else None,
+            "accuracy": sums["correct"] / examples if examples else None,
+            "examples": examples,
+            "sites": len(masked),
+            "secure_aggregation": True,
+        }
+        self.last_metrics["evaluate"] = summary
+        self.on_round(server_round, "evaluate", summary, {})
+        return summary["loss"], summary
+
     def _update_is_sound(self, server_round: int, entry: _Admitted) -> bool:
         """A masked vector can only be checked for its form: field elements in the right shapes."""
         vector = parameters_to_ndarrays(entry.result.parameters)
-        sound = [v.shape for v in vector] == [w.shape for w in self.global_weights] and all(
-            v.dtype == masking.FIELD for v in vector
-        )
+        shapes = [w.shape for w in self.global_weights] + [(len(proto.FIT_EXTRAS),)]
+        dtypes = [masking.FIELD] * len(self.global_weights) + [masking.EXTRAS_FIELD]
+        sound = [v.shape for v in vector] == shapes and [v.dtype for v in vector] == dtypes
         if not sound:
             self._reject(server_round, "fit", entry.site, "update rejected: not a masked vector of the model's shapes")
         return sound
 
     def _combine(self, server_round: int, admitted: list[_Admitted]) -> list[np.ndarray]:
         """Unmask the sum, add the mean update to the global weights, check the aggregate."""
-        if self._round is None or self._round.round != server_round:
-            raise SessionFailedError(f"round {server_round}: secure aggregation: no key exchange for this round")
-        mean_update = self._round.unmask(
-            {a.site: parameters_to_ndarrays(a.result.parameters) for a in admitted},
-            {a.site: a.result.num_examples for a in admitted},
-        )
+        total = self._unmask(server_round, proto.FIT,
+                             {a.site: parameters_to_ndarrays(a.result.parameters) for a in admitted})
+        try:
+            mean_update, self.last_sums[proto.FIT] = masking.decode_update(total, self.clip_range,
+                                                                           self._round.setup.levels)
+        except ValueError as exc:
+            raise SessionFailedError(f"round {server_round}: secure aggregation: {exc}") from None
         combined = [(w + d).astype(w.dtype) for w, d in zip(self.global_weights, mean_update)]
         problem = update_problem(combined, self.global_weights, max_update_norm=self.max_update_norm)
         if problem:
@@ -134,3 +200,23 @@ class SecureFedProx(AdmittedFedProx):
                 f"round {server_round}: secure aggregation: the aggregate update is rejected ({problem})"
             )
         return combined
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _unmask(self, server_round: int, slot: str, masked: dict[str, list[np.ndarray]]) -> list[np.ndarray]:
+        if self._round is None or self._round.round != server_round:
+            raise SessionFailedError(f"round {server_round}: secure aggregation: no key exchange for this round")
+        return self._round.unmask(slot, masked)
+
+    def _masked_metrics(self, server_round: int, entry: _Admitted) -> np.ndarray | None:
+        """The masked evaluate vector a site sent (uint64 bytes of the extras' length), else rejected."""
+        raw = (entry.result.metrics or {}).get(proto.MASKED)
+        if isinstance(raw, bytes) and len(raw) == 8 * len(proto.EVALUATE_EXTRAS):
+            return np.frombuffer(raw, masking.EXTRAS_FIELD).copy()
+        self._reject(server_round, "evaluate", entry.site, "result rejected: no masked validation metrics")
+        return None
+
+    @staticmethod
+    def _sites(client_manager: ClientManager) -> dict[str, str]:
+        if not isinstance(client_manager, AdmissionClientManager):
+            raise TypeError("secure aggregation needs the AdmissionClientManager's site of each client")
+        return client_manager.site_of

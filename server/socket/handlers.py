@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from server.store import Store
 from server.store.lifecycle import RequestState
 from server.store.records import RequestInfo, VersionInfo, request_label, version_label
-from shared import framing
+from shared import framing, secagg_identity
 from shared import protocol as p
 from shared.errors import IllegalTransitionError, NotFoundError
 from shared.settings import Settings
@@ -89,7 +89,15 @@ class RequestHandlers:
             port=session.port,
             secret=self._store.session_secret(session.id, m.site),
             config=_ticket_config(session.config, m.site),
+            peers=self._store.identity_keys(session.participants),
         )
+
+    def _register_identity_key(self, m: p.RegisterIdentityKey) -> BaseModel:
+        """The site's identity key for secure aggregation: first registration wins (see the store)."""
+        fingerprint = secagg_identity.fingerprint(secagg_identity.raw_public_key(
+            secagg_identity.decode_public_key(m.public_key)))
+        new = self._store.register_identity_key(m.site, m.public_key, fingerprint=fingerprint)
+        return p.IdentityKeyRegistered(fingerprint=fingerprint, newly_registered=new)
 
     # -------------------------------------------------------------- notifications
 

@@ -7,7 +7,8 @@ the server key file and its sub-keys (``server_key``), session secrets derived f
 (``session_secrets``), the modes of state files (``file_modes``), the versions folder
 (``weight_files``), and the ``Store`` facade (``facade``), composed of one class
 per concern: ``sites``, ``requests``, ``sessions``, ``versions``, ``cleanup``,
-``notifications``, ``audit``, and the server's per-site ``privacy_ledger``.
+``notifications``, ``audit``, the server's per-site ``privacy_ledger``, ``identity_keys`` (sites'
+keys for secure aggregation).
 
 May import: ``shared`` only. Everything above (socket, sessions, console, history) reaches the
 database through ``Store``; nothing here knows about Flower, TensorFlow or the menus.

@@ -13,6 +13,7 @@ from __future__ import annotations
 from server.store.analysts import AnalystStore
 from server.store.audit import AuditStore
 from server.store.cleanup import CleanupStore
+from server.store.identity_keys import IdentityKeyStore
 from server.store.notifications import NotificationStore
 from server.store.privacy_ledger import PrivacyLedgerStore
 from server.store.requests import RequestStore
@@ -31,5 +32,6 @@ class Store(
     NotificationStore,
     AuditStore,
     AnalystStore,
+    IdentityKeyStore,
 ):
     """Repository facade over the database and the versions folder."""

@@ -285,3 +285,17 @@ class PrivacyCharge(Base):
     total_epsilon_rdp: Mapped[float | None]
     slices_per_patient: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SiteIdentityKey(Base):
+    """A site's Ed25519 identity public key (base64 of 32 bytes), registered once over the socket.
+
+    Peers check each round's key-exchange keys against it (secure aggregation); a different key
+    is refused until the admin resets the registration.
+    """
+
+    __tablename__ = "site_identity_keys"
+
+    site: Mapped[str] = mapped_column(ForeignKey("sites.name"), primary_key=True)
+    public_key: Mapped[str] = mapped_column(String(64))
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
