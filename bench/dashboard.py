@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from server.sessions.merge import staleness_merge
 from server.store import Store
 from shared.listening import wait_until_listening
 from shared.settings import load_settings
@@ -60,7 +59,7 @@ def build_store(home: Path, *, versions: int, sites: int) -> None:
                 session.id, [rng.standard_normal((8, 4)).astype(np.float32)],
                 metrics={"evaluate": {"accuracy": float(rng.uniform(0.3, 0.9)), "loss": 1.0}},
                 dp_summary={s: {"epsilon": 1.0, "delta": 1e-5, "noise_multiplier": 1.1, "examples": 30} for s in pair},
-                participants=pair, rounds=2, merge=staleness_merge)
+                participants=pair, rounds=2)
     finally:
         store.close()
 

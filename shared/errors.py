@@ -53,6 +53,12 @@ class StorageWriteError(StoreError):
     default_hint = "Free disk space (or raise the quota) where the store keeps its files, then retry."
 
 
+class HeadMovedError(StoreError):
+    """A session's result was built on a head version that is no longer the head."""
+
+    default_hint = "Merge the result into the new head and commit again (server.sessions.merge)."
+
+
 class IllegalTransitionError(StoreError):
     """A state change that the request/session life cycle does not allow."""
 

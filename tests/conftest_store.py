@@ -16,7 +16,7 @@ from sqlalchemy import create_engine
 
 from server.store import Store
 from server.store.models import Base
-from server.store.records import SessionInfo
+from server.store.records import SessionInfo, VersionInfo
 from shared.settings import Settings, load_settings
 
 POSTGRES_URL = os.environ.get("FL_TEST_DATABASE_URL", "")
@@ -78,3 +78,13 @@ def running_session(store: Store, *site_names: str, config: dict | None = None) 
     ]
     created = store.create_session(ids, config=config or {"rounds": 2})
     return store.mark_session_running(created.id, port=8080 + created.id, pid=1000 + created.id)
+
+
+def commit_scored(store: Store, session_id: int, candidate: list[np.ndarray], **result) -> VersionInfo:
+    """Commit as a secure session does: ``result["metrics"]`` scored the weights committed (the
+    candidate, or its merge into a head that moved), so they stay with the version."""
+    from server.sessions.merge import commit_result, rebase
+
+    base = store.get_session(session_id).base_version
+    scored = rebase(candidate, base=base, head=store.head().number, load=store.load_weights)
+    return commit_result(store, session_id, candidate, evaluated=scored, **result)

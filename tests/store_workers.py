@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from multiprocessing.synchronize import Event
 
-from server.sessions.merge import staleness_merge
+from server.sessions.merge import commit_result as commit_session_result
 from server.store import Store
 from shared.settings import Settings
 from tests.conftest_store import make_weights
@@ -24,13 +24,14 @@ def commit_result(settings: Settings, session_id: int, site: str, seed: int, sta
     """One session process committing its result at the same moment as another."""
     store = Store.open(settings)
     start.wait()
-    store.commit_session_result(
+    commit_session_result(
+        store,
         session_id,
         make_weights(seed),
+        evaluated=None,
         metrics={"seed": seed},
         dp_summary={},
         participants=[site],
         rounds=1,
-        merge=staleness_merge,
     )
     store.close()

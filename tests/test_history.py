@@ -19,13 +19,12 @@ from sqlalchemy import text
 from server.history import plots as history_plots
 from server.history.cli import main
 from server.history.queries import compare_versions, l2_distance, site_contributions
-from server.sessions.merge import staleness_merge
 from server.sessions.privacy_plan import privacy_summary
 from server.store import Store
 from shared.errors import ReadOnlyStoreError
 from shared.privacy_accounting import epsilon_for
 from shared.settings import Settings, load_settings
-from tests.conftest_store import make_weights
+from tests.conftest_store import commit_scored, make_weights
 from tests.privacy_fixtures import charged_session, schedule
 
 SITE_EXAMPLES = {"alpha": 40, "beta": 24, "gamma": 32}
@@ -47,12 +46,12 @@ def _run_session(store: Store, sites: list[str], *, rounds: int, seed: int) -> i
 
 
 def _commit(store: Store, session_id: int, sites: list[str], seed: int, rounds: int) -> None:
-    store.commit_session_result(
-        session_id, make_weights(seed),
+    commit_scored(
+        store, session_id, make_weights(seed),
         metrics={"fit": {"loss": 1.0, "accuracy": 0.5, "examples": 64},
                  "evaluate": {"loss": 1.1, "accuracy": 0.25 + 0.12 * rounds, "examples": 16, "sites": len(sites)}},
         dp_summary=privacy_summary(store, session_id, sites),
-        participants=sites, rounds=rounds, merge=staleness_merge)
+        participants=sites, rounds=rounds)
 
 
 @pytest.fixture(scope="module")

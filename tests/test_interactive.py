@@ -190,6 +190,7 @@ def test_admin_and_two_hospitals_through_their_menus(world: dict) -> None:
     admin.answer("Minimum clients")
     admin.answer("Seconds the sites have to join")
     admin.answer("Batch size", "8", replace=True)
+    admin.answer("combine the sites' updates")  # the FedProx weighted mean
     admin.expect_re(r"approved into session 1 on port \d+ \(sites: north, south")
 
     _expect_all({client: ["approved: session 1", "round 1 epoch 1: loss", "session 1 finished"]
@@ -261,7 +262,7 @@ def _approve_one(admin: Term) -> int:
     admin.child.send("a")
     admin.child.send("\r")
     for prompt in ("Rounds", "Local epochs per round", "proximal mu", "Minimum clients",
-                   "Seconds the sites have to join", "Batch size"):
+                   "Seconds the sites have to join", "Batch size", "combine the sites' updates"):
         admin.answer(prompt)
     return int(admin.expect_re(r"approved into session (\d+) on port").group(1))
 

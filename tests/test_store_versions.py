@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.sessions.merge import merge_weight, merge_weights, staleness_merge
+from server.sessions.merge import commit_result, merge_weight, merge_weights
 from server.store import Store
 from server.store.lifecycle import RequestState, SessionState
 from shared.errors import (
@@ -23,16 +23,16 @@ from tests.conftest_store import make_weights, running_session
 def commit(
     store: Store, session_id: int, weights: list[np.ndarray], sites: list[str], alpha: float | None = None
 ) -> object:
-    merge = staleness_merge if alpha is None else (
-        lambda head, candidate, staleness: merge_weights(head, candidate, staleness=staleness, alpha=alpha))
-    return store.commit_session_result(
+    return commit_result(
+        store,
         session_id,
         weights,
+        evaluated=None,
         metrics={"accuracy": 0.5},
         dp_summary={"epsilon": 1.0},
         participants=sites,
         rounds=2,
-        merge=merge,
+        **({} if alpha is None else {"alpha": alpha}),
     )
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from server.sessions.merge import staleness_merge
 from server.store import Store
 from server.store.lifecycle import SessionState
 from shared.settings import Settings, load_settings
+from tests.conftest_store import commit_scored
 from tests.privacy_fixtures import charged_session
 
 SITE_EXAMPLES = {"alpha": 40, "beta": 24, "gamma": 32}
@@ -51,13 +51,13 @@ def run_session(store: Store, sites: list[str], *, rounds: int, eps: float, tota
 
 
 def commit(store: Store, session_id: int, sites: list[str], *, seed: int, rounds: int, accuracy: float) -> int:
-    version = store.commit_session_result(
-        session_id, weights(seed),
+    version = commit_scored(
+        store, session_id, weights(seed),
         metrics={"fit": {"loss": 1.0, "accuracy": accuracy - 0.05, "examples": 64},
                  "evaluate": {"loss": 1.1, "accuracy": accuracy, "examples": 16, "sites": len(sites)}},
         dp_summary={s: {"epsilon": 1.5, "delta": 1e-5, "noise_multiplier": 1.1, "examples": SITE_EXAMPLES[s]}
                     for s in sites},
-        participants=sites, rounds=rounds, merge=staleness_merge)
+        participants=sites, rounds=rounds)
     return version.number
 
 

@@ -12,6 +12,8 @@ from contextlib import closing
 from pathlib import Path
 
 from server.console.commands import COMMANDS, console
+from server.sessions.aggregation_rule import DEFAULT_TRIM_FRACTION, Aggregator
+from server.sessions.manager import ApprovalOptions
 from server.store import Store
 from server.store.file_modes import restrict_umask
 from shared.cli_types import add_verbose_option, version_number
@@ -66,6 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("--secagg-threshold", type=int,
                          help="shares that rebuild a site's secrets, within its neighbourhood of "
                               "k = min(n, 2*ceil(log2 n)+1) sites (default ceil(2k/3))")
+    approve.add_argument("--aggregator", choices=[a.value for a in Aggregator], default=Aggregator.FEDPROX.value,
+                         help="how the server combines updates: the FedProx weighted mean, or one vote per site "
+                              "(coordinate-wise trimmed mean or median; needs --no-secure-aggregation and 3+ sites)")
+    approve.add_argument("--trim-fraction", type=float,
+                         help=f"trimmed mean: share cut at each end of each coordinate (default {DEFAULT_TRIM_FRACTION})")
+    approve.add_argument("--max-update-norm", type=float, default=ApprovalOptions.max_update_norm,
+                         help="largest L2 norm of a site's update, and of the combined one "
+                              "(default %(default)g; raise it for sites with many DP steps per round)")
     approve.add_argument("--wait", action="store_true", help="block until the session ends")
     reject = commands.add_parser("reject", help="reject a request with a reason")
     reject.add_argument("request")

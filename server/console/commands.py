@@ -20,6 +20,7 @@ from server.console.monitor import watch
 from server.console.statistics import statistics
 from server.history.privacy_views import ledger_view
 from server.history.queries import version_details
+from server.sessions.aggregation_rule import AggregationRule
 from server.sessions.manager import ApprovalOptions, SessionEvent, SessionManager
 from server.socket.request_socket import RequestServerThread
 from server.store import Store
@@ -143,14 +144,18 @@ def approval_options(args: argparse.Namespace, store: Store) -> ApprovalOptions:
                            proximal_mu=args.mu, min_clients=args.min_clients or defaults.min_clients,
                            join_timeout_s=args.join_timeout, round_timeout_s=args.round_timeout,
                            batch_size=args.batch_size, learning_rate=args.lr,
-                           secure_aggregation=args.secure_aggregation, secagg_threshold=args.secagg_threshold)
+                           secure_aggregation=args.secure_aggregation, secagg_threshold=args.secagg_threshold,
+                           aggregator=args.aggregator, trim_fraction=args.trim_fraction,
+                           max_update_norm=args.max_update_norm)
 
 
 def approved_text(session: SessionInfo, manager: SessionManager) -> str:
     secure = session.config.get("secure_aggregation")
     masking = f"secure aggregation on, threshold {session.config.get('secagg_threshold')}" if secure else "plain"
+    rule = AggregationRule.from_config(session.config)
+    combined = f"; {rule.describe()}" if rule.robust else ""
     return (f"approved into session {session.id} on port {session.port} "
-            f"(sites: {', '.join(session.participants)}; {masking}; log {manager.session_log(session.id)})")
+            f"(sites: {', '.join(session.participants)}; {masking}{combined}; log {manager.session_log(session.id)})")
 
 
 def _approve(args: argparse.Namespace, store: Store, settings: Settings) -> int:

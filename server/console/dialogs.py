@@ -16,6 +16,7 @@ from server.console.commands import approved_text, print_token
 from server.console.monitor import watch
 from server.console.statistics import statistics
 from server.history import queries
+from server.sessions.aggregation_rule import DEFAULT_TRIM_FRACTION, Aggregator
 from server.sessions.manager import ApprovalOptions, SessionManager
 from server.socket.request_socket import RequestServer
 from server.store import Store
@@ -60,8 +61,18 @@ def _request_title(r: RequestInfo) -> str:
     return f"{r.label} {r.site}: {r.rounds} round(s) x {r.local_epochs} epoch(s), {views.dp_text(r.dp)}{note}"
 
 
+#: The aggregator question's answers; the robust ones say what they cost.
+_AGGREGATORS = [
+    Choice("FedProx weighted mean (secure aggregation as usual)", value=Aggregator.FEDPROX.value),
+    Choice("coordinate-wise trimmed mean, one vote per site (no secure aggregation: the server sees each "
+           "site's update)", value=Aggregator.TRIMMED_MEAN.value),
+    Choice("coordinate-wise median, one vote per site (no secure aggregation: the server sees each site's "
+           "update)", value=Aggregator.MEDIAN.value),
+]
+
+
 def _ask_options(defaults: ApprovalOptions, requests: int) -> ApprovalOptions:
-    return ApprovalOptions(
+    asked = dict(
         rounds=prompts.number("Rounds", defaults.rounds, int, minimum=1),
         local_epochs=prompts.number("Local epochs per round", defaults.local_epochs, int, minimum=1),
         proximal_mu=prompts.number("FedProx proximal mu (0 = FedAvg)", defaults.proximal_mu, float, minimum=0),
@@ -69,8 +80,16 @@ def _ask_options(defaults: ApprovalOptions, requests: int) -> ApprovalOptions:
                                    minimum=1, maximum=requests),
         join_timeout_s=prompts.number("Seconds the sites have to join", defaults.join_timeout_s, float, minimum=1),
         batch_size=prompts.number("Batch size", defaults.batch_size, int, minimum=1),
-        round_timeout_s=defaults.round_timeout_s, learning_rate=defaults.learning_rate,
     )
+    aggregator = prompts.choose("How should the server combine the sites' updates?", _AGGREGATORS)
+    robust: dict = {}
+    if aggregator != Aggregator.FEDPROX.value:  # refused under secure aggregation: the choice says it is off
+        robust = {"secure_aggregation": False}
+    if aggregator == Aggregator.TRIMMED_MEAN.value:
+        robust["trim_fraction"] = prompts.number("Share cut at each end of each coordinate", DEFAULT_TRIM_FRACTION,
+                                                 float, minimum=0.01, maximum=0.49)
+    return ApprovalOptions(**asked, aggregator=aggregator, **robust, round_timeout_s=defaults.round_timeout_s,
+                           learning_rate=defaults.learning_rate)
 
 
 def reject(ctx: AdminContext) -> None:

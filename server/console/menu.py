@@ -131,7 +131,7 @@ class AdminConsole:
         active = store.list_sessions(states=ACTIVE_STATES)
         self.ctx.console.rule(
             f"pending requests: {len(pending_requests(store))} | active sessions: {len(active)} | "
-            f"head: {head.label}" + (f" ({accuracy:.1%} val. acc)" if accuracy is not None else ""),
+            f"head: {head.label}" + (f" ({accuracy:.1%} val. acc)" if accuracy is not None else " (not evaluated)"),
             style="dim")
 
     def _exit(self) -> bool:

@@ -125,7 +125,8 @@ def statistics_view(stats: Statistics) -> Group:
     versions = narrow_table("Per version", "ver", "kind", "sites", "examples", "val. acc", "val. loss",
                       right=("sites", "examples"))
     for v in stats.versions:
-        versions.add_row(v.label, v.kind, str(v.sites), str(v.examples), percent(v.accuracy),
+        versions.add_row(v.label, v.kind, str(v.sites), str(v.examples),
+                         "not evaluated" if v.accuracy is None else percent(v.accuracy),
                          f"{v.loss:.4f}" if v.loss is not None else "")
     return Group(sites, versions)
 

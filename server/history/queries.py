@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from server.sessions.aggregation_rule import AggregationRule
 from server.store import Store
 from server.store.lifecycle import LIVE_SESSION_STATES
 from server.store.records import (
@@ -108,7 +109,16 @@ def metric(version: VersionInfo, phase: str, name: str) -> float | None:
 
 
 def validation_accuracy(version: VersionInfo) -> float | None:
+    """The accuracy of the version's own weights on the sites' validation splits; None: not evaluated."""
     return metric(version, "evaluate", "accuracy")
+
+
+def version_aggregation(store: Store, version: VersionInfo) -> str | None:
+    """How the session behind ``version`` combined the sites' updates (None: no session behind it)."""
+    if version.session_id is None:
+        return None
+    config = store.get_session(version.session_id).config
+    return AggregationRule.from_config(config).describe(secure_aggregation=bool(config.get("secure_aggregation")))
 
 
 def l2_distance(a: list[np.ndarray], b: list[np.ndarray]) -> float:
@@ -195,12 +205,13 @@ class VersionDetails:
     version: VersionInfo
     lineage: list[VersionInfo]
     rounds: list[RoundInfo]
+    aggregation: str | None = None  # the session's rule (``version_aggregation``)
 
 
 def version_details(store: Store, number: int) -> VersionDetails:
     version = store.get_version(number)
     rounds = store.session_rounds(version.session_id) if version.session_id is not None else []
-    return VersionDetails(version, store.list_versions(), rounds)
+    return VersionDetails(version, store.list_versions(), rounds, version_aggregation(store, version))
 
 
 @dataclass(frozen=True)

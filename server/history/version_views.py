@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from server.history.privacy_views import ACCOUNTING_NOTE, version_privacy_table
-from server.history.queries import VersionDetails
+from server.history.queries import VersionDetails, validation_accuracy
 from server.store.records import RoundInfo, VersionInfo
 from shared.terminal import narrow_table
 
@@ -22,12 +22,17 @@ def percent(value: float | None) -> str:
     return f"{value:.1%}" if value is not None else ""
 
 
+NOT_EVALUATED = "not evaluated"
+
+
 def validation_text(version: VersionInfo) -> str:
-    """Validation accuracy, or "not evaluated": sites send no validation metrics in the clear."""
-    evaluate = version.metrics.get("evaluate")
-    if not evaluate:
-        return "not evaluated" if version.session_id is not None else ""
-    return percent(evaluate.get("accuracy"))
+    """The validation accuracy of the version's own weights, or "not evaluated".
+
+    Only a secure session's last round scores weights (inside the masked sum; plain sites send no
+    validation metrics), and only those it will commit: a version has no number of another model.
+    """
+    accuracy = validation_accuracy(version)
+    return NOT_EVALUATED if accuracy is None else percent(accuracy)
 
 
 def versions_table(versions: list[VersionInfo]) -> Table:
@@ -72,6 +77,17 @@ def privacy_table(dp_summary: dict[str, Any]) -> Group:
     return Group(version_privacy_table(dp_summary), ACCOUNTING_NOTE)
 
 
+def _validation_line(v: VersionInfo) -> str:
+    """Whose weights the validation figures are of, so a merge's number is never read as its session's."""
+    evaluate = v.metrics.get("evaluate") or {}
+    if validation_accuracy(v) is None:
+        return f"validation: {NOT_EVALUATED} (no secure round scored these weights)"
+    loss = evaluate.get("loss")
+    scored = "the merged weights, in the session's last round" if v.kind == "merge" else "these weights"
+    return (f"validation: accuracy {validation_text(v)}" + (f", loss {loss:.4f}" if isinstance(loss, float) else "")
+            + f" on {evaluate.get('examples', '?')} validation images of the sites, scored on {scored}")
+
+
 def version_details_view(details: VersionDetails) -> Group:
     """Lineage, per-round metrics, participants, privacy and the file's sha256 of one version."""
     v = details.version
@@ -80,6 +96,9 @@ def version_details_view(details: VersionDetails) -> Group:
         parts.append(rounds_table(details.rounds))
     parts.append(f"created {v.created_at:%Y-%m-%d %H:%M:%S}; participants: {', '.join(v.participants) or 'none'}"
                  + (f"; merge weight {v.merge_weight:.3f}" if v.merge_weight is not None else ""))
+    if details.aggregation:
+        parts.append(f"aggregation: {details.aggregation}")
+    parts.append(_validation_line(v))
     if v.dp_summary:
         parts.append(privacy_table(v.dp_summary))
     parts.append(f"sha256 {v.sha256}\nfile {v.path}" + ("" if v.has_weights else " (pruned)"))

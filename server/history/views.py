@@ -40,7 +40,8 @@ def comparison_view(c: VersionComparison) -> Group:
     metrics = narrow_table(f"Compare {a} and {b}", "metric", a, b, "change")
     for d in c.metrics:
         change = "" if d.change is None else f"{d.change:+.4f}"
-        metrics.add_row(d.name, _num(d.a), _num(d.b), change)
+        missing = "not evaluated" if d.name.startswith("evaluate") else ""
+        metrics.add_row(d.name, _num(d.a) or missing, _num(d.b) or missing, change)
     metrics.add_row("kind", c.a.kind, c.b.kind, "")
     metrics.add_row("parents", _parents(c.a), _parents(c.b), "")
     people = (f"participants: both {', '.join(c.both) or '-'}; only {a}: {', '.join(c.only_a) or '-'}; "

@@ -6,6 +6,10 @@ else a site puts in its fit metrics (training loss or accuracy, an older client'
 dropped unread, and there is no evaluate round: validation metrics would leave the sites in the
 clear, outside the DP accountant, so a session is shown as "not evaluated". ``SecureFedProx``
 adds one, whose metrics leave the sites only inside a masked sum.
+
+No site steers the combination by what it claims: a site weighs in with the count approved for
+it (capped at ``weight_cap``, as in a secure round), a robust rule gives each site one vote
+(``aggregation_rule``), and the combined update must pass the same norm bound as each site's.
 """
 
 from __future__ import annotations
@@ -28,10 +32,13 @@ from flwr.common import (
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedProx
-from flwr.server.strategy.aggregate import aggregate
+from flwr.server.strategy.aggregate import aggregate, aggregate_median, aggregate_trimmed_avg
 
 from server.sessions.admission import AdmissionClientManager
+from server.sessions.aggregation_rule import AggregationRule, Aggregator
+from server.sessions.merge import Rebased
 from server.sessions.update_validation import update_problem
+from shared import secagg_protocol
 from shared.errors import SessionFailedError
 
 log = logging.getLogger(__name__)
@@ -57,14 +64,17 @@ class AdmittedFedProx(FedProx):
 
     Each client trains on its local objective plus the proximal term ``mu/2 * ||w - w_global||^2``
     (the client adds its gradient ``mu * (w - w_global)`` after DP clipping and noise); the
-    server takes the example-weighted average of the returned trainable weights, as FedAvg.
+    server takes the example-weighted average of the returned trainable weights, as FedAvg, with
+    each site's approved count (capped at ``weight_cap``) as its weight; or, with a robust
+    ``rule``, the coordinate-wise median or trimmed mean, one vote per site.
 
     On top of FedProx, every fit result must name an admitted site and carry that site's
     per-session secret; results without it, duplicates, results whose example count is not the
     one approved for the site, and updates with wrong shapes, NaN/Inf or a norm beyond
     ``max_update_norm`` are dropped and reported to ``on_reject``. A round with fewer than
-    ``min_results`` admitted results raises ``SessionFailedError``. Each site's fit config adds
-    its own entry of ``site_configs`` (local epochs, approved count, DP schedule) to the round's.
+    ``min_results`` admitted results, or whose combined update is beyond ``max_update_norm``,
+    raises ``SessionFailedError``. Each site's fit config adds its own entry of
+    ``site_configs`` (local epochs, approved count, DP schedule) to the round's.
 
     Parameters
     ----------
@@ -84,7 +94,12 @@ class AdmittedFedProx(FedProx):
     min_results : int
         Admitted results a round needs to be aggregated.
     max_update_norm : float
-        Largest accepted L2 distance between a site's weights and the round's global weights.
+        Largest accepted L2 distance between a site's weights (and the combined weights) and the
+        round's global weights.
+    rule : AggregationRule
+        How the admitted weights are combined (default: the FedProx weighted mean).
+    weight_cap : int
+        A site's weight is its approved count up to this (the secure rounds' cap, so both agree).
     on_round : RoundRecorder
         ``(round, phase, aggregated_metrics, per_site_metrics)``, called as rounds complete.
     on_reject : RejectionLogger
@@ -104,6 +119,8 @@ class AdmittedFedProx(FedProx):
         max_update_norm: float,
         on_round: RoundRecorder,
         on_reject: RejectionLogger,
+        rule: AggregationRule | None = None,
+        weight_cap: int = secagg_protocol.DEFAULT_WEIGHT_CAP,
     ) -> None:
         count = len(participants)
         super().__init__(
@@ -124,11 +141,15 @@ class AdmittedFedProx(FedProx):
             raise SessionFailedError(f"no approved DP schedule for site(s) {', '.join(missing)}")
         self.min_results = min_results
         self.max_update_norm = max_update_norm
+        self.rule = rule or AggregationRule()
+        self.weight_cap = weight_cap
         self.on_round = on_round
         self.on_reject = on_reject
         self.global_weights = [np.asarray(w) for w in initial_weights]
         self.contributors: set[str] = set()
         self.last_metrics: dict[str, dict[str, Any]] = {}
+        #: The weights ``last_metrics["evaluate"]`` scored in the last round; a plain session scores none.
+        self.evaluated: Rebased | None = None
 
     def _fit_config(self, server_round: int) -> dict[str, Scalar]:
         return {**self.round_config, "round": server_round}
@@ -164,7 +185,9 @@ class AdmittedFedProx(FedProx):
             if self._count_is_approved(server_round, entry) and self._update_is_sound(server_round, entry)
         ]
         self._require_enough(server_round, "fit", admitted, failures)
-        self.global_weights = self._combine(server_round, admitted)
+        combined = self._combine(server_round, admitted)
+        self._check_aggregate(server_round, combined)
+        self.global_weights = combined
         parameters = ndarrays_to_parameters(self.global_weights)
         per_site = {a.site: {"examples": a.result.num_examples} for a in admitted}
         self.contributors.update(per_site)
@@ -209,11 +232,26 @@ class AdmittedFedProx(FedProx):
             self._reject(server_round, "fit", entry.site, f"update rejected: {problem}")
         return problem is None
 
+    def weight(self, site: str) -> int:
+        """A site's weight in the mean: its approved count, capped (never a count it claims)."""
+        return min(int(self.site_configs[site]["examples"]), self.weight_cap)
+
     def _combine(self, server_round: int, admitted: list[_Admitted]) -> list[np.ndarray]:
-        """The round's new global weights: the example-weighted mean of the admitted weights."""
-        return aggregate(
-            [(parameters_to_ndarrays(a.result.parameters), a.result.num_examples) for a in admitted]
-        )
+        """The round's new global weights: the session's rule over the admitted weights."""
+        results = [(parameters_to_ndarrays(a.result.parameters), self.weight(a.site)) for a in admitted]
+        if self.rule.aggregator is Aggregator.MEDIAN:
+            combined = aggregate_median(results)
+        elif self.rule.aggregator is Aggregator.TRIMMED_MEAN:
+            combined = aggregate_trimmed_avg(results, self.rule.trim_fraction or 0.0)
+        else:
+            combined = aggregate(results)
+        return [np.asarray(c).astype(g.dtype) for c, g in zip(combined, self.global_weights)]
+
+    def _check_aggregate(self, server_round: int, combined: list[np.ndarray]) -> None:
+        """The combined update is bounded like each site's: a round that moves further fails."""
+        problem = update_problem(combined, self.global_weights, max_update_norm=self.max_update_norm)
+        if problem:
+            raise SessionFailedError(f"round {server_round}: the aggregate update is rejected ({problem})")
 
     def _reject(self, server_round: int, phase: str, who: str, reason: str) -> None:
         log.warning("round %d %s: dropped result from %s (%s)", server_round, phase, who, reason)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.sessions.aggregation_rule import choose_rule
 from server.sessions.privacy_plan import SitePlan, plan_sites, session_rounds
 from server.store import Store
 from server.store.lifecycle import SessionState
@@ -55,6 +56,11 @@ class ApprovalOptions:
     secure_aggregation: bool | None = None
     #: None: ceil(2n/3) of the n sites; must exceed n/2.
     secagg_threshold: int | None = None
+    #: How the server combines updates: "fedprox" (weighted mean), "trimmed-mean" or "median"
+    #: (``aggregation_rule``; the robust ones need secure aggregation off and 3+ results a round).
+    aggregator: str = "fedprox"
+    #: Trimmed mean only: the share cut at each end of every coordinate (None: 0.2).
+    trim_fraction: float | None = None
 
 
 def _secure_aggregation_config(site_count: int, options: ApprovalOptions) -> dict[str, Any]:
@@ -126,7 +132,8 @@ class SessionManager:
         """Plan every site's DP schedule, charge the server's privacy ledger, spawn the session.
 
         Refused (nothing created) when a site's schedule would exceed its effective budget, when
-        the rounds exceed a request's, or when a request declares no example count.
+        the rounds exceed a request's, when a request declares no example count, or when the
+        aggregator cannot run in this session (a robust one under secure aggregation).
         """
         requests = [self.store.get_request(r) for r in request_ids]
         if not requests:
@@ -146,11 +153,15 @@ class SessionManager:
     def _session_config(self, requests: list[Any], options: ApprovalOptions, rounds: int,
                         plans: list[SitePlan]) -> dict[str, Any]:
         head = self.store.head()
+        min_clients = options.min_clients or len(requests)
+        secure = _secure_aggregation_config(len(requests), options)
+        rule = choose_rule(options.aggregator, options.trim_fraction,
+                           secure_aggregation=secure["secure_aggregation"], min_results=min_clients)
         return {
             "rounds": rounds,
             "local_epochs": max(p.local_epochs for p in plans),  # the most any site trains; each has its own
             "proximal_mu": options.proximal_mu,
-            "min_clients": options.min_clients or len(requests),
+            "min_clients": min_clients,
             "join_timeout_s": options.join_timeout_s,
             "round_timeout_s": options.round_timeout_s,
             "batch_size": options.batch_size,
@@ -158,7 +169,8 @@ class SessionManager:
             "max_update_norm": options.max_update_norm,
             "model": dict(head.metadata.get("model", {})),
             "sites": {p.site: p.config() for p in plans},
-            **_secure_aggregation_config(len(requests), options),
+            **secure,
+            "aggregation": rule.config(),
         }
 
     def _free_port(self) -> int:

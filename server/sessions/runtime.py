@@ -3,7 +3,12 @@
 With the session option ``secure_aggregation`` the strategy is ``SecureFedProx``: the same
 FedProx, but the server only ever sees the weighted sum of the sites' updates. Each site's rounds
 carry its own approved DP schedule (``privacy_plan.fit_config``); the version's privacy summary
-is the server's own ledger for the session, never what the sites report.
+is the server's own ledger for the session, never what the sites report. The session's
+``aggregation`` rule (``aggregation_rule``) says how a plain session combines the updates.
+
+The result is committed by ``merge.commit_result``: on the session's base, or merged into the
+head another session committed meanwhile; a secure session's last round already scored those
+merged weights, so the version's validation metrics are its own or absent ("not evaluated").
 
 This is the body of the per-session process (``server.sessions.process``); it is importable so
 tests can run a session in-process against a real store and real Flower clients.
@@ -19,9 +24,10 @@ from flwr.server.server import Server, run_fl
 from flwr.server.server_config import ServerConfig
 
 from server.sessions.admission import AdmissionClientManager
+from server.sessions.aggregation_rule import AggregationRule
 from server.sessions.fedprox import AdmittedFedProx
 from server.sessions.grpc_listener import message_cap, start_session_server
-from server.sessions.merge import staleness_merge
+from server.sessions.merge import commit_result, rebase
 from server.sessions.privacy_plan import fit_config, privacy_summary
 from server.sessions.secure_fedprox import SecureFedProx
 from server.store import Store
@@ -49,6 +55,7 @@ class SessionOptions:
     secure_aggregation: bool = False
     secagg_threshold: int | None = None
     secagg_clip_range: float = secagg_protocol.DEFAULT_CLIP_RANGE
+    rule: AggregationRule = AggregationRule()
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> SessionOptions:
@@ -64,6 +71,7 @@ class SessionOptions:
             secure_aggregation=bool(config.get("secure_aggregation", False)),
             secagg_threshold=None if threshold is None else int(threshold),
             secagg_clip_range=float(config.get("secagg_clip_range", secagg_protocol.DEFAULT_CLIP_RANGE)),
+            rule=AggregationRule.from_config(config),
         )
 
 
@@ -109,14 +117,15 @@ def run_session(
         grpc_server.stop(grace=1)
         client_manager.close()
     contributors = sorted(strategy.contributors)
-    version = store.commit_session_result(
+    version = commit_result(
+        store,
         session_id,
         strategy.global_weights,
+        evaluated=strategy.evaluated,
         metrics=strategy.last_metrics,
         dp_summary=privacy_summary(store, session_id, contributors),
         participants=contributors,
         rounds=options.rounds,
-        merge=staleness_merge,
     )
     log.info("session %d committed v%d", session_id, version.number)
     return version.number
@@ -150,6 +159,7 @@ def _strategy(store: Store, session_id: int, options: SessionOptions) -> Admitte
         max_update_norm=options.max_update_norm,
         on_round=record_round,
         on_reject=record_rejection,
+        rule=options.rule,
     )
     if not options.secure_aggregation:
         return AdmittedFedProx(**common)
@@ -160,4 +170,6 @@ def _strategy(store: Store, session_id: int, options: SessionOptions) -> Admitte
         threshold=options.secagg_threshold,
         clip_range=options.secagg_clip_range,
         stage_timeout_s=options.round_timeout_s,
+        rebase_final=lambda candidate: rebase(candidate, base=session.base_version, head=store.head().number,
+                                              load=store.load_weights),
     )

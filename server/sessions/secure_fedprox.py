@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from flwr.common import EvaluateIns, FitIns, Parameters, Scalar, parameters_to_ndarrays
+from flwr.common import EvaluateIns, FitIns, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedProx
 
 from server.sessions.admission import AdmissionClientManager
 from server.sessions.fedprox import AdmittedFedProx, _Admitted
+from server.sessions.merge import Rebased
 from server.sessions.secure_aggregation import SecureAggregationRound
-from server.sessions.update_validation import update_problem
 from shared import secagg_masking as masking
 from shared import secagg_protocol as proto
 from shared.errors import SessionFailedError
@@ -49,17 +49,24 @@ class SecureFedProx(AdmittedFedProx):
        ``levels = levels_for(sites, weight_cap)`` is the most that fits in 32 bits.
     4. *mask evaluate* (``evaluate``): each site evaluates the new weights and sends only
        ``EVALUATE_EXTRAS`` (validation count, correct predictions, loss sum), masked with the
-       evaluate slot's secrets, shared in stage 1.
+       evaluate slot's secrets, shared in stage 1. In the last round the weights evaluated are
+       the version-to-be: ``rebase_final`` merges the result into the head when another session
+       committed since this one started (``server.sessions.merge``), so a merge version's
+       validation metrics are its own; ``evaluated`` says what was scored.
     5. *unmask evaluate*: as 3, for the evaluate slot; the round's validation loss and accuracy
        come from these sums. No per-site validation metric is ever seen.
 
     A masked vector cannot be norm-checked on its own: what bounds one honest site's influence is
     the clipping of each coordinate of its update to ``+-clip_range`` before quantisation, and
     the server checks the *aggregate* update (finite, norm within ``max_update_norm``); a
-    rejected aggregate fails the round. A dishonest site can still send any vector (nothing
-    proves its range). A stage that leaves fewer than ``threshold`` sites in a neighbourhood,
-    or survivors cut into groups with no mask between them, fails the round with a
-    ``SessionFailedError`` naming it.
+    rejected aggregate fails the round. The weight and count summed inside the mask must equal
+    the admitted sites' approved ones (capped), or the round fails: a site cannot claim a larger
+    or negative weight. Sites that misreport by amounts that cancel out (colluders) are not
+    caught by that, and a dishonest site can still send any vector (nothing proves its range,
+    or that it scaled its update by the weight it declares): only the aggregate's norm bounds
+    it. A stage that leaves fewer than ``threshold`` sites in a neighbourhood, or survivors cut
+    into groups with no mask between them, fails the round with a ``SessionFailedError``
+    naming it.
 
     Trust model: an honest-but-curious server, together with fewer than ``threshold`` colluding
     sites in any neighbourhood, learns of an honest site's update only what the sum reveals.
@@ -77,14 +84,16 @@ class SecureFedProx(AdmittedFedProx):
         for the two different secrets of one site (which together would unmask it).
     clip_range : float
         Bound of each coordinate of a site's update (new weights - global weights).
-    weight_cap : int
-        A site's weight in the mean is its example count up to this; with the number of sites it
-        fixes the quantisation levels of a round (``shared.secagg_protocol.levels_for``).
     stage_timeout_s : float
         How long a stage waits for a site before counting it as dropped.
+    rebase_final : Callable[[list[np.ndarray]], Rebased]
+        The final global weights as the next version would hold them (merged into a moved head);
+        what the last round evaluates.
     **kwargs
         As ``AdmittedFedProx`` (participants, verify_secret, initial_weights, proximal_mu, ...);
-        ``round_config`` must hold the ``session_id``.
+        ``round_config`` must hold ``session_id`` and ``num_rounds``. Its ``weight_cap`` (a
+        site's weight in the mean is its approved count up to this) and the number of sites fix
+        the quantisation levels of a round (``shared.secagg_protocol.levels_for``).
     """
 
     def __init__(
@@ -93,20 +102,25 @@ class SecureFedProx(AdmittedFedProx):
         identity_keys: Mapping[str, Ed25519PublicKey],
         threshold: int | None = None,
         clip_range: float = proto.DEFAULT_CLIP_RANGE,
-        weight_cap: int = proto.DEFAULT_WEIGHT_CAP,
         stage_timeout_s: float,
+        rebase_final: Callable[[list[np.ndarray]], Rebased],
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if self.rule.robust:
+            raise SessionFailedError(f"the {self.rule.aggregator.value} aggregator cannot run under secure "
+                                     "aggregation: the server sees only the sum")
         self.fraction_evaluate = 1.0  # validation metrics leave the sites only inside the evaluate sum
         count = len(self.participants)
         self.identity_keys = dict(identity_keys)
         self.threshold = proto.check_threshold(threshold or proto.default_threshold(count), count)
         self.clip_range = clip_range
-        self.weight_cap = weight_cap
         self.stage_timeout_s = stage_timeout_s
         self.session_id = int(self.round_config["session_id"])
+        self.num_rounds = int(self.round_config["num_rounds"])
+        self.rebase_final = rebase_final
         self._round: SecureAggregationRound | None = None
+        self._scoring: Rebased | None = None
         #: The extras' sums of the latest unmasked vector of each slot (``FIT_EXTRAS``, ``EVALUATE_EXTRAS``).
         self.last_sums: dict[str, dict[str, float]] = {}
 
@@ -141,6 +155,9 @@ class SecureFedProx(AdmittedFedProx):
         if self._round is None or self._round.round != server_round:
             return []
         extra = self._round.evaluate_config()
+        if server_round == self.num_rounds:  # score what will be committed: merged if the head moved
+            self._scoring = self.rebase_final(self.global_weights)
+            parameters = ndarrays_to_parameters(self._scoring.weights)
         sampled = FedProx.configure_evaluate(self, server_round, parameters, client_manager)  # not the plain refusal
         return [
             (proxy, EvaluateIns(ins.parameters, {**ins.config, **extra}))
@@ -170,6 +187,10 @@ class SecureFedProx(AdmittedFedProx):
             "sites": len(masked),
             "secure_aggregation": True,
         }
+        if server_round == self.num_rounds and self._scoring is not None:
+            self.evaluated = self._scoring
+            if self._scoring.merge_weight is not None:
+                summary["merged_into"] = self._scoring.head
         self.last_metrics["evaluate"] = summary
         self.on_round(server_round, "evaluate", summary, {})
         return summary["loss"], summary
@@ -185,21 +206,30 @@ class SecureFedProx(AdmittedFedProx):
         return sound
 
     def _combine(self, server_round: int, admitted: list[_Admitted]) -> list[np.ndarray]:
-        """Unmask the sum, add the mean update to the global weights, check the aggregate."""
-        total = self._unmask(server_round, proto.FIT,
-                             {a.site: parameters_to_ndarrays(a.result.parameters) for a in admitted})
+        """Unmask the sum, check its weight and count, add the mean update to the global weights.
+
+        ``aggregate_fit`` then checks the aggregate's norm as on the plain path."""
+        masked = {a.site: parameters_to_ndarrays(a.result.parameters) for a in admitted}
+        total = self._unmask(server_round, proto.FIT, masked)
+        self._check_summed_weight(server_round, masking.decode_extras(total[-1], proto.FIT_EXTRAS),
+                                  [site for site in masked if site in self._round.sharing])
         try:
             mean_update, self.last_sums[proto.FIT] = masking.decode_update(total, self.clip_range,
                                                                            self._round.setup.levels)
         except ValueError as exc:
             raise SessionFailedError(f"round {server_round}: secure aggregation: {exc}") from None
-        combined = [(w + d).astype(w.dtype) for w, d in zip(self.global_weights, mean_update)]
-        problem = update_problem(combined, self.global_weights, max_update_norm=self.max_update_norm)
-        if problem:
+        return [(w + d).astype(w.dtype) for w, d in zip(self.global_weights, mean_update)]
+
+    def _check_summed_weight(self, server_round: int, sums: dict[str, float], summed: list[str]) -> None:
+        """The weight and count inside the sum must be the summed sites' approved (capped) ones."""
+        weight = sum(self.weight(site) for site in summed)
+        examples = sum(int(self.site_configs[site]["examples"]) for site in summed)
+        if (sums["weight"], sums["examples"]) != (weight, examples):
             raise SessionFailedError(
-                f"round {server_round}: secure aggregation: the aggregate update is rejected ({problem})"
+                f"round {server_round}: secure aggregation: the masked sum carries weight {sums['weight']:.0f} "
+                f"and {sums['examples']:.0f} examples, but the {len(summed)} summed site(s) were admitted with "
+                f"weight {weight} and {examples} examples (a site misreported its weight inside the mask)"
             )
-        return combined
 
     # -- helpers ----------------------------------------------------------------------------
     def _unmask(self, server_round: int, slot: str, masked: dict[str, list[np.ndarray]]) -> list[np.ndarray]:

@@ -1,5 +1,5 @@
-"""Versions: v0, commits of session results (a merge when the head moved), rollback, releases to
-sites and downloads.
+"""Versions: v0, commits of session results (the session's own, or merged by the session into a
+moved head), rollback, releases to sites and downloads.
 
 The weight file is always written (atomically, sha256 recorded) before the row that points at
 it, under the write lock, so a crash leaves at most an orphan file, never a row without a file.
@@ -7,7 +7,6 @@ it, under the write lock, so a crash leaves at most an orphan file, never a row 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +46,9 @@ from server.store.weight_files import version_filename
 from shared import weights_io
 from shared.errors import (
     AuthError,
+    HeadMovedError,
     StoreError,
 )
-
-#: (head weights, candidate weights, staleness) -> (merged weights, weight given to the candidate)
-VersionMerger = Callable[[list[np.ndarray], list[np.ndarray], int], tuple[list[np.ndarray], float]]
-
 
 class VersionStore(StoreBase):
     """Versions: v0, commits and merges, rollback, releases and downloads."""
@@ -120,15 +116,20 @@ class VersionStore(StoreBase):
         dp_summary: dict[str, Any],
         participants: list[str],
         rounds: int,
-        merge: VersionMerger | None = None,
+        head: int | None = None,
+        merge_weight: float | None = None,
     ) -> VersionInfo:
         """Turn a RUNNING session's result into the next version and complete the session.
 
-        If the head is still the session's base, the result is the new version (parents [base]);
-        otherwise ``merge`` mixes it into the head (parents [head, base]); the merge rule is the
-        sessions' policy (:mod:`server.sessions.merge`), so the store only asks for one. The weight
-        file is written atomically before the row is inserted, all under the write lock, so a
-        crash leaves at most an orphan file (removed by clean-up), never a row without its file.
+        ``head`` is the version ``weights`` were built on: the session's base (the default) for
+        its own result, or a later head the session merged its result into (with
+        ``merge_weight``, the candidate's share; parents [head, base]). The store merges nothing
+        itself: the merge rule and whether metrics describe the weights are the sessions'
+        (:mod:`server.sessions.merge`). If the head is no longer ``head``, ``HeadMovedError``
+        is raised and nothing is written, so a version's weights always extend its first parent
+        and its metrics are never another model's. The weight file is written atomically before
+        the row is inserted, all under the write lock, so a crash leaves at most an orphan file
+        (removed by clean-up), never a row without its file.
         """
         _refuse_non_finite(weights)
         with self._write() as session:
@@ -139,33 +140,29 @@ class VersionStore(StoreBase):
                 raise StoreError(
                     f"participants {sorted(set(participants) - members)} were not approved for session {fl.id}"
                 )
-            head = head_row(session)
-            staleness = head.number - fl.base_version
-            parents, kind, mixed, used = [fl.base_version], "session", weights, None
-            if staleness > 0:
-                if merge is None:
-                    raise StoreError(
-                        f"v{head.number} was committed since session {fl.id} started from v{fl.base_version}",
-                        hint="Pass a merge rule (server.sessions.merge.StalenessMerge).",
-                    )
-                head_weights = weights_io.load_weights_verified(
-                    self.versions_dir / head.filename, head.sha256
-                )
-                mixed, used = merge(head_weights, weights, staleness)
-                parents, kind = [head.number, fl.base_version], "merge"
+            built_on = fl.base_version if head is None else head
+            current = head_row(session)
+            if current.number != built_on:
+                raise HeadMovedError(f"session {fl.id}'s result was built on v{built_on}, "
+                                     f"but the head is now v{current.number}")
+            staleness = built_on - fl.base_version
+            if staleness < 0 or (staleness > 0) != (merge_weight is not None):
+                raise StoreError(f"session {fl.id} started from v{fl.base_version}: a result built on "
+                                 f"v{built_on} needs {'a' if staleness > 0 else 'no'} merge weight")
+            parents, kind = ([built_on, fl.base_version], "merge") if staleness else ([fl.base_version], "session")
             row = self._add_version(
                 session,
-                head.number + 1,
-                mixed,
+                current.number + 1,
+                weights,
                 kind=kind,
                 parents=parents,
-                metadata=head.meta,
+                metadata=current.meta,
                 session_id=fl.id,
                 participants=sorted(participants),
                 rounds=rounds,
                 metrics=metrics,
                 dp_summary=dp_summary,
-                merge_weight=used,
+                merge_weight=merge_weight,
                 staleness=staleness,
             )
             fl.version_number = row.number
@@ -176,7 +173,7 @@ class VersionStore(StoreBase):
                 SessionState.COMPLETED,
                 "",
                 kind="new_version",
-                message=f"new version {label} from session {fl.id}" + (" (merged)" if used else ""),
+                message=f"new version {label} from session {fl.id}" + (" (merged)" if staleness else ""),
                 payload={"version": row.number},
             )
             audit_chain.append(
@@ -187,7 +184,7 @@ class VersionStore(StoreBase):
                     "session": fl.id,
                     "version": row.number,
                     "parents": parents,
-                    "merge_weight": used,
+                    "merge_weight": merge_weight,
                     "staleness": staleness,
                     "sha256": row.sha256,
                 },

@@ -21,6 +21,7 @@ from server.history.queries import (
     privacy_over_time,
     session_overview,
     sessions_overview,
+    version_aggregation,
     version_rounds,
 )
 from server.history.web.schemas import (
@@ -87,7 +88,7 @@ def versions_model(store: Store, cache: VersionsCache, sort: SortKey = "number",
 def version_model(store: Store, cache: VersionsCache, number: int) -> VersionDetail:
     version = store.get_version(number)
     children = [v.number for v in cache.rows(store)[1] if number in v.parents]
-    return VersionDetail.of(version, version_rounds(store, version), children)
+    return VersionDetail.of(version, version_rounds(store, version), children, version_aggregation(store, version))
 
 
 def lineage_model(store: Store, cache: VersionsCache) -> LineageOut:

@@ -101,6 +101,7 @@ class VersionDetail(BaseModel):
 
     version: VersionSummary
     children: list[int]
+    aggregation: str | None  # how the session behind it combined the updates; None: no session
     note: str
     participant_count: int
     examples_total: int | None
@@ -108,10 +109,11 @@ class VersionDetail(BaseModel):
     rounds: list[RoundOut]
 
     @classmethod
-    def of(cls, v: VersionInfo, rounds: list[RoundRow], children: list[int]) -> VersionDetail:
+    def of(cls, v: VersionInfo, rounds: list[RoundRow], children: list[int],
+           aggregation: str | None = None) -> VersionDetail:
         counts = [r.get("examples") for r in v.dp_summary.values() if isinstance(r, dict)]
         total = sum(int(c) for c in counts if isinstance(c, (int, float))) if counts else None
-        return cls(version=VersionSummary.of(v), children=children, note=v.note,
+        return cls(version=VersionSummary.of(v), children=children, aggregation=aggregation, note=v.note,
                    participant_count=len(v.participants), examples_total=total,
                    privacy=[_site_privacy(site, report) for site, report in sorted(v.dp_summary.items())],
                    rounds=[RoundOut.of(r) for r in rounds])
