@@ -61,3 +61,28 @@ def test_poisoned_update_is_dropped_logged_and_the_rest_is_averaged(store: Store
 def test_update_problem_names_what_is_wrong(candidate: list[np.ndarray], problem: str | None) -> None:
     found = update_problem(candidate, V0, max_update_norm=100.0)
     assert (found is None) if problem is None else (problem in found)
+
+
+@pytest.mark.parametrize(("claimed", "approved"), [(10**9, 10), (-99, 100)])
+def test_a_site_claiming_another_example_count_is_dropped(store: Store, sites: dict[str, str],
+                                                          claimed: int, approved: int) -> None:
+    """Issue 14's probes: 10^9 examples made the global model the claimant's update (cosine 1.000);
+    -99 against a peer's 100 moved the model 138x the norm bound. The weight is the approved count."""
+    store.ensure_initial_version(V0, metadata={"model": {}})
+    config = {"proximal_mu": 0.0, "min_clients": 2, "join_timeout_s": 30, "round_timeout_s": 60,
+              "max_update_norm": 100.0, "learning_rate": 0.1}
+    session = charged_session(store, {"alpha": approved, "beta": approved, "gamma": approved}, rounds=1,
+                              config=config)
+    port = free_port()
+    store.mark_session_running(session.id, port=port, pid=1)
+    outcome = serve_session(store, session.id, port)
+    for site, examples, shift in (("alpha", approved, 1.0), ("beta", approved, 3.0), ("gamma", claimed, 10.0)):
+        run_in_thread(port, ScriptedClient(site, store.session_secret(session.id, site), examples,
+                                           lambda ws, d=shift: [w + d for w in ws]))
+    outcome["thread"].join(timeout=120)
+
+    assert outcome.get("version") == 1, outcome
+    np.testing.assert_allclose(store.load_weights(1)[0], np.full((6, 4), 2.0))  # the honest mean, gamma out
+    drops = store.audit_trail(action="result_dropped")
+    assert [(d.detail["from"], d.detail["reason"]) for d in drops] == [
+        ("gamma", f"example count {claimed} is not the approved {approved}")]

@@ -95,3 +95,27 @@ def test_sites_that_never_connect_fail_the_session_with_a_reason(store: Store, s
     session = store.get_session(session_id)
     assert session.state == SessionState.FAILED
     assert "1 of 2 site(s) connected within 2 s (missing: beta)" in session.reason
+
+
+def test_a_plain_sessions_merge_is_not_evaluated(store: Store, sites: dict[str, str]) -> None:
+    """A plain session scores nothing (validation metrics may not leave a site in clear): its merge
+    into a moved head carries no accuracy, and every view says "not evaluated"."""
+    from server.history.version_views import validation_text
+
+    session_id, port = _session(store, ["alpha", "beta"], rounds=1)
+    other = charged_session(store, {"gamma": 10}, rounds=1)
+    store.mark_session_running(other.id, port=free_port(), pid=2)
+    store.commit_session_result(other.id, [w + 4.0 for w in V0], metrics={}, dp_summary={},
+                                participants=["gamma"], rounds=1)
+    outcome = serve_session(store, session_id, port)
+    for site in ("alpha", "beta"):
+        run_in_thread(port, ScriptedClient(site, store.session_secret(session_id, site), 10, _shift(1.0)))
+    outcome["thread"].join(timeout=120)
+
+    assert outcome.get("version") == 2, outcome
+    merged = store.get_version(2)
+    assert (merged.kind, merged.parents, merged.staleness) == ("merge", [1, 0], 1)
+    a = merged.merge_weight
+    np.testing.assert_allclose(store.load_weights(2)[0], (1 - a) * 4.0 + a * 1.0, rtol=1e-6)
+    assert set(merged.metrics) == {"fit"} and validation_text(merged) == "not evaluated"
+    assert validation_text(store.get_version(0)) == "not evaluated"  # v0 was never scored either
