@@ -12,6 +12,7 @@ from server.store import Store
 from server.store.lifecycle import RequestState, SessionState
 from shared.errors import (
     AuthError,
+    HeadMovedError,
     IllegalTransitionError,
     IntegrityError,
     NotFoundError,
@@ -113,6 +114,31 @@ def test_late_session_is_merged_into_the_moved_head(store: Store, sites: dict, v
             rtol=1e-6,
         )
     assert v1.number == 1 and [v.number for v in store.list_versions()] == [0, 1, 2, 3]
+
+
+def test_the_store_commits_only_on_the_head_the_result_was_built_on(store: Store, sites: dict, v0: list) -> None:
+    """The store merges nothing: a result built on a head that moved is refused, nothing written, so a
+    session can merge again (and drop metrics that scored other weights) before it commits."""
+    early, late = running_session(store, "alpha"), running_session(store, "beta")
+    commit(store, early.id, make_weights(1), ["alpha"])  # v1; late started from v0
+    files = sorted(store.versions_dir.iterdir())
+    with pytest.raises(HeadMovedError, match="built on v0, but the head is now v1") as refused:
+        store.commit_session_result(late.id, make_weights(2), metrics={}, dp_summary={}, participants=["beta"],
+                                    rounds=2)
+    assert "Merge the result into the new head" in refused.value.hint
+    with pytest.raises(StoreError, match="needs a merge weight"):
+        store.commit_session_result(late.id, make_weights(2), metrics={}, dp_summary={}, participants=["beta"],
+                                    rounds=2, head=1)
+    assert sorted(store.versions_dir.iterdir()) == files and store.head().number == 1
+    assert store.get_session(late.id).state is SessionState.RUNNING
+    merged = store.commit_session_result(late.id, make_weights(2), metrics={"fit": {}}, dp_summary={},
+                                         participants=["beta"], rounds=2, head=1, merge_weight=0.25)
+    assert (merged.kind, merged.parents, merged.merge_weight, merged.staleness) == ("merge", [1, 0], 0.25, 1)
+    assert_same(store.load_weights(2), make_weights(2))  # exactly what the session merged
+    third = running_session(store, "gamma")  # from v2
+    with pytest.raises(StoreError, match="needs no merge weight"):
+        store.commit_session_result(third.id, make_weights(3), metrics={}, dp_summary={}, participants=["gamma"],
+                                    rounds=2, merge_weight=0.5)
 
 
 def test_commit_checks_participants_and_values(store: Store, sites: dict, v0: list) -> None:
