@@ -261,12 +261,14 @@ def test_the_strategy_takes_only_masked_vectors_and_masked_metrics() -> None:
     from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters
 
     from server.sessions.fedprox import _Admitted
+    from server.sessions.merge import Rebased
     from server.sessions.secure_fedprox import SecureFedProx
 
     rejected: list[tuple] = []
     strategy = SecureFedProx(
         identity_keys={}, stage_timeout_s=1, participants=["a", "b", "c"], verify_secret=lambda s, x: True,
-        initial_weights=ZEROS, proximal_mu=0.0, round_config={"session_id": 1}, min_results=2,
+        rebase_final=lambda weights: Rebased(weights, 0, 0, None),
+        initial_weights=ZEROS, proximal_mu=0.0, round_config={"session_id": 1, "num_rounds": 1}, min_results=2,
         site_configs={site: {"examples": 10} for site in ("a", "b", "c")},
         max_update_norm=10.0, on_round=lambda *a: None, on_reject=lambda *a: rejected.append(a))
     ok = Status(Code.OK, "")

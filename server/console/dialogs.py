@@ -72,15 +72,15 @@ _AGGREGATORS = [
 
 
 def _ask_options(defaults: ApprovalOptions, requests: int) -> ApprovalOptions:
-    asked = dict(
-        rounds=prompts.number("Rounds", defaults.rounds, int, minimum=1),
-        local_epochs=prompts.number("Local epochs per round", defaults.local_epochs, int, minimum=1),
-        proximal_mu=prompts.number("FedProx proximal mu (0 = FedAvg)", defaults.proximal_mu, float, minimum=0),
-        min_clients=prompts.number(f"Minimum clients per round (of {requests})", defaults.min_clients, int,
-                                   minimum=1, maximum=requests),
-        join_timeout_s=prompts.number("Seconds the sites have to join", defaults.join_timeout_s, float, minimum=1),
-        batch_size=prompts.number("Batch size", defaults.batch_size, int, minimum=1),
-    )
+    asked = {
+        "rounds": prompts.number("Rounds", defaults.rounds, int, minimum=1),
+        "local_epochs": prompts.number("Local epochs per round", defaults.local_epochs, int, minimum=1),
+        "proximal_mu": prompts.number("FedProx proximal mu (0 = FedAvg)", defaults.proximal_mu, float, minimum=0),
+        "min_clients": prompts.number(f"Minimum clients per round (of {requests})", defaults.min_clients, int,
+                                      minimum=1, maximum=requests),
+        "join_timeout_s": prompts.number("Seconds the sites have to join", defaults.join_timeout_s, float, minimum=1),
+        "batch_size": prompts.number("Batch size", defaults.batch_size, int, minimum=1),
+    }
     aggregator = prompts.choose("How should the server combine the sites' updates?", _AGGREGATORS)
     robust: dict = {}
     if aggregator != Aggregator.FEDPROX.value:  # refused under secure aggregation: the choice says it is off

@@ -17,7 +17,7 @@ tests can run a session in-process against a real store and real Flower clients.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.server.server import Server, run_fl
@@ -33,8 +33,8 @@ from server.sessions.secure_fedprox import SecureFedProx
 from server.store import Store
 from server.store.lifecycle import SessionState
 from shared import secagg_protocol
-from shared.secagg_identity import decode_public_key
 from shared.errors import SessionFailedError
+from shared.secagg_identity import decode_public_key
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class SessionOptions:
     secure_aggregation: bool = False
     secagg_threshold: int | None = None
     secagg_clip_range: float = secagg_protocol.DEFAULT_CLIP_RANGE
-    rule: AggregationRule = AggregationRule()
+    rule: AggregationRule = field(default_factory=AggregationRule)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> SessionOptions:

@@ -50,6 +50,7 @@ from shared.errors import (
     StoreError,
 )
 
+
 class VersionStore(StoreBase):
     """Versions: v0, commits and merges, rollback, releases and downloads."""
 
