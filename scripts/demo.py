@@ -197,8 +197,9 @@ def analyse(demo: Demo) -> None:
 
 
 def holdout_accuracy(demo: Demo) -> dict[str, float]:
-    """Every version on the 100 held-out images no site trained on (a merge's recorded validation
-    accuracy is its session's candidate's; this measures the merged weights themselves)."""
+    """Every version on the 100 held-out images no site trained on, beside the accuracy the store
+    recorded for it: the sites' validation splits scored inside a secure session's masked sum, on
+    the version's own weights (merged ones for a merge), or "not evaluated"."""
     demo.step("9. Final accuracy per version", "Each version's weights classify the 100 held-out images "
               "(25 per class, so chance is 25%).")
     from client.menu.evaluation import evaluate_weights
@@ -214,8 +215,9 @@ def holdout_accuracy(demo: Demo) -> dict[str, float]:
                                       backbone_weights=demo.backbone)
             recorded = validation_accuracy(v)
             accuracy[v.label] = result.accuracy
-            demo.console.print(f"{v.label:>4} {v.kind:<8} held-out accuracy {result.accuracy:6.1%}"
-                               + (f"   (sites' validation split: {recorded:.1%})" if recorded is not None else ""))
+            demo.console.print(f"{v.label:>4} {v.kind:<8} held-out accuracy {result.accuracy:6.1%}   (sites' "
+                               + ("validation splits: not evaluated)" if recorded is None
+                                  else f"validation splits: {recorded:.1%})"))
     finally:
         store.close()
     return accuracy
