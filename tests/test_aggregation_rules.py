@@ -179,3 +179,33 @@ def test_approval_refuses_a_robust_rule_it_cannot_run(home: Path, capsys: pytest
         assert main(["stop", "1", "--reason", "test over"]) == 0
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    ("fedprox", {"aggregator": "fedprox", "secure_aggregation": None, "trim_fraction": None}),
+    ("median", {"aggregator": "median", "secure_aggregation": False, "trim_fraction": None}),
+    ("trimmed-mean", {"aggregator": "trimmed-mean", "secure_aggregation": False, "trim_fraction": 0.34}),
+])
+def test_the_approve_dialog_asks_for_the_aggregator(monkeypatch: pytest.MonkeyPatch, answer: str,
+                                                   expected: dict) -> None:
+    """The menu's choice, as ``fl-server approve --aggregator``: a robust one turns secure aggregation off."""
+    from server.console import dialogs
+    from server.sessions.manager import ApprovalOptions
+
+    asked: list[str] = []
+
+    def number(message, default, convert, **limits):  # type: ignore[no-untyped-def]
+        asked.append(message)
+        return 0.34 if message.startswith("Share cut") else default
+
+    def choose(message, choices, **options):  # type: ignore[no-untyped-def]
+        asked.append(message)
+        assert [c.value for c in choices] == ["fedprox", "trimmed-mean", "median"]
+        return answer
+
+    monkeypatch.setattr(dialogs.prompts, "number", number)
+    monkeypatch.setattr(dialogs.prompts, "choose", choose)
+    options = dialogs._ask_options(ApprovalOptions(rounds=2, local_epochs=1, min_clients=3), 3)
+    assert {key: getattr(options, key) for key in expected} == expected
+    assert "How should the server combine the sites' updates?" in asked
+    assert ("Share cut at each end of each coordinate" in asked) == (answer == "trimmed-mean")
