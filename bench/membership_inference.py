@@ -116,7 +116,3 @@ def run_attacks(members: ModelOutputs, nonmembers: ModelOutputs, *, seed: int = 
         logistic_regression_attack(members.attack_features(), nonmembers.attack_features(), seed=seed),
     ]
 
-
-def strongest(results: list[AttackResult]) -> AttackResult:
-    """The attack with the highest AUC (TF-Privacy's summary reports that one)."""
-    return max(results, key=lambda r: r.auc)
