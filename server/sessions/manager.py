@@ -24,7 +24,7 @@ from server.sessions.privacy_plan import SitePlan, plan_sites, session_rounds
 from server.store import Store
 from server.store.lifecycle import SessionState
 from server.store.records import SessionInfo
-from shared import secagg_protocol
+from shared import secagg_protocol, training_defaults
 from shared.errors import IllegalTransitionError, SessionFailedError, StoreError
 from shared.settings import Settings
 
@@ -48,8 +48,8 @@ class ApprovalOptions:
     min_clients: int | None = None
     join_timeout_s: float = 300.0
     round_timeout_s: float = 3600.0
-    batch_size: int = 16
-    learning_rate: float = 0.05
+    batch_size: int = training_defaults.BATCH_SIZE
+    learning_rate: float = training_defaults.LEARNING_RATE
     max_update_norm: float = 1e3
     #: None: on for sessions of 3+ sites (``shared.secagg_protocol.enabled_by_default``).
     secure_aggregation: bool | None = None
