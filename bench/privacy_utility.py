@@ -63,7 +63,7 @@ IMAGE_SIZE = 32
 DELTA = 1e-5
 BACKBONE = Path(f"data/backbone/resnet50-synthetic-{IMAGE_SIZE}.h5")
 DEFAULTS = ApprovalOptions()
-CENTRALISED = "centralised, no DP (pooled data)"
+CENTRALISED = "centralised, no DP"
 
 
 @dataclass(frozen=True)
