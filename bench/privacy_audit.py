@@ -1,29 +1,32 @@
 """Empirical privacy audit: membership inference against the same head trained with DP and without.
 
-The claim under test: a head trained by the sites' own DP-SGD path at epsilon about 4 leaks too
-little for a membership-inference attacker to tell its training images from unseen ones, while
-the same head trained without DP, same data and hyperparameters, leaks plenty.
+The claim under test: a head trained by the sites' own DP-SGD path at epsilon about 4 leaks far
+less than the same head trained without DP on the same data with the same hyperparameters: a
+membership-inference attacker's ROC AUC stays close to 0.5 (chance) with DP and is well above it
+without.
 
 Setting. Synthetic sample images (``scripts.make_sample_data``, seed 1: not the study's seed 0),
-``2 * --members`` of them, through the frozen stand-in backbone ``data/backbone/resnet50-synthetic-32.h5``
-(``python -m scripts.pretrain_backbone``). Without that file, or with ``--random-features``, Gaussian
-features with random labels instead: nothing to learn, only to memorise (a random ResNet50 would
-not do: it maps all images to nearly the same features). Features are computed once. Each repetition splits the
-pool at random into ``--members`` training images and as many non-members, and trains the
-2048->256->4 head from the same initial weights in two arms, one after the other (interleaved,
-so load on a shared machine hits both alike):
+``2 * --members`` of them, through the frozen stand-in backbone
+``data/backbone/resnet50-synthetic-32.h5`` (``python -m scripts.pretrain_backbone``). Without that
+file, or with ``--random-features``, Gaussian features with random labels instead: nothing to
+learn, only to memorise (a random ResNet50 would not do: it maps all images to nearly the same
+features). Features are computed once. Each repetition splits the pool at random into
+``--members`` training images and as many non-members, and trains the 2048->256->4 head from the
+same initial weights in two arms, one after the other (interleaved, so load on a shared machine
+hits both alike):
 
 - ``DP``: ``client.training.dp_training.train_dp``, the sites' own path (Poisson sampling,
   per-example clipping to ``--clip``, OS-seeded Gaussian noise over the expected batch) on a
   ``DpSchedule`` whose noise multiplier the PLD calibration picks for ``--epsilon`` at ``--delta``;
-  the epsilon printed is the PLD accountant's (RDP beside it) for the event that ran.
-- ``no DP``: the same ``train_dp`` call, same schedule of steps, batch, learning rate and epochs,
-  with noise multiplier 0 and a clip of ``NO_CLIP`` (1e6). The bench measures the largest
-  per-example gradient norm over the members at the start and the end of that run and prints it:
-  far below the clip, so clipping never acts and this arm is plain Poisson-batch SGD.
+  the epsilon printed is the PLD accountant's (RDP beside it) for that schedule, the one that ran.
+- ``no DP``: the same ``train_dp`` call with the same steps, sampling rate, batch, learning rate
+  and initial weights, but noise multiplier 0 and a clip of ``NO_CLIP`` (1e6). The bench measures
+  the largest per-example gradient norm over the members before and after that run and prints
+  it: far below the clip, so clipping never acts and this arm is plain Poisson-batch SGD.
 
-Many epochs on a few hundred images make the no-DP head overfit (training accuracy near 100%,
-held-out near 50%), so the attacks have something to find.
+The hyperparameters are the audit's own, not the service's defaults: many epochs on a few hundred
+images at a learning rate that unclipped SGD survives, so that the no-DP head overfits (training
+accuracy near 100%, held-out near 50%) and the attacks have something to find.
 
 Attacks (``bench.membership_inference``): TF-Privacy's ``privacy_tests.membership_inference_attack``
 is left out of the tensorflow-privacy 0.9.0 wheel and its own release (tensorflow-empirical-privacy)
