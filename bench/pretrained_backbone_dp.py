@@ -1,10 +1,10 @@
 """Head-only DP training on the sample data: random frozen backbone vs a pretrained weights file.
 
 One site's sample data (the hospitals' generator and seed), its backbone features computed once
-per backbone, then the client's own ``train_dp`` (Poisson-sampled DP-SGD, RDP accounting, noise calibrated to
-each target epsilon) on the training split and accuracy on the validation split. DP noise is not
-seeded, so each cell is the mean (and spread) of ``--repeats`` runs. "no DP" is noise 0 with the
-same clipping.
+per backbone, then the client's own ``train_dp`` (Poisson-sampled DP-SGD on a ``DpSchedule`` whose
+noise the PLD calibration picks so that the schedule that runs spends each target epsilon) on the
+training split and accuracy on the validation split. DP noise is not seeded, so each cell is the
+mean (and spread) of ``--repeats`` runs. "no DP" is noise 0 with the same clipping.
 
     python -m bench.pretrained_backbone_dp --backbone data/backbone/resnet50-synthetic-32.h5
 """
@@ -34,13 +34,23 @@ from shared.classifier import (  # noqa: E402
     get_trainable_weights,
     set_trainable_weights,
 )
-from shared.privacy_accounting import DpSchedule, noise_for_target_epsilon  # noqa: E402
+from shared.privacy_accounting import DpSchedule, calibrate_noise  # noqa: E402
 
 DELTA = 1e-5
 
 
 def _levels(text: str) -> list[float | None]:
     return [None if part.strip().lower() == "none" else float(part) for part in text.split(",")]
+
+
+def _schedule(epsilon: float | None, n: int, args: argparse.Namespace) -> DpSchedule:
+    """The run on ``n`` examples; for a target epsilon, the noise PLD calibration gives that very run."""
+
+    def plan(noise: float) -> DpSchedule:
+        return DpSchedule.for_epochs(noise_multiplier=noise, l2_norm_clip=args.clip, examples=n,
+                                     batch_size=args.batch_size, epochs=args.epochs)
+
+    return plan(0.0 if epsilon is None else calibrate_noise(epsilon, DELTA, lambda noise: plan(noise).event()))
 
 
 def _accuracies(
@@ -56,11 +66,7 @@ def _accuracies(
     examples = TrainingExamples.from_arrays(x, y)
     results: dict[float | None, list[float]] = {}
     for epsilon in args.levels:
-        noise = 0.0 if epsilon is None else noise_for_target_epsilon(
-            epsilon, DELTA, len(x), args.batch_size, args.epochs
-        )
-        schedule = DpSchedule.for_epochs(noise_multiplier=noise, l2_norm_clip=args.clip, examples=len(x),
-                                         batch_size=args.batch_size, epochs=args.epochs)
+        schedule = _schedule(epsilon, len(x), args)
         results[epsilon] = []
         for _ in range(args.repeats):
             set_trainable_weights(classifier.head, initial)

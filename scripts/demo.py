@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from scripts.demo_processes import Children, CommandFailed, find
+from shared import training_defaults
 from shared.program import Program
 from shared.terminal import make_console, print_unwrapped
 
@@ -32,9 +33,10 @@ QUANTITIES = {"north": 125, "south": 75, "east": 100, "holdout": 100}
 IMAGE_SIZE = 32
 BACKBONE = Path(f"data/backbone/resnet50-synthetic-{IMAGE_SIZE}.h5")
 PRETRAIN_SCRIPT = Path("scripts/pretrain_backbone.py")
-ROUNDS = 3
+ROUNDS = training_defaults.ROUNDS
 TARGET_EPSILON = 4.0
-APPROVE = ("--lr", "0.1", "--batch-size", "16", "--join-timeout", "300")
+#: Batch size, learning rate and local epochs are the service's defaults (``shared.training_defaults``).
+APPROVE = ("--join-timeout", "300")
 
 
 def _free_port() -> int:

@@ -49,11 +49,6 @@ PATIENT_UNIT = "Poisson sampling, add/remove one patient (group privacy over {k}
 _BUCKET_MANTISSAS = (10, 12, 15, 20, 25, 30, 40, 50, 60, 80)
 
 
-def steps_for(n: int, batch_size: int, epochs: int) -> int:
-    """Optimizer steps that ``epochs`` passes over ``n`` examples in batches of ``batch_size`` take."""
-    return epochs * math.ceil(n / batch_size)
-
-
 def sampling_probability(n: int, batch_size: int) -> float:
     """The Poisson sampling rate ``q`` whose expected batch out of ``n`` is ``batch_size``."""
     if n < 1 or batch_size < 1:
@@ -127,15 +122,6 @@ class DpSchedule:
     def session_event(self, rounds: int) -> dp_accounting.DpEvent:
         """``rounds`` runs of this schedule on the same data: one site's whole session."""
         return dp_accounting.SelfComposedDpEvent(self.event(), rounds)
-
-
-def dp_sgd_event(
-    noise_multiplier: float, n: int, batch_size: int, epochs: int
-) -> dp_accounting.DpEvent:
-    """The DpEvent ``train_dp`` counts for ``epochs`` epochs in fixed batches of ``batch_size``."""
-    return poisson_gaussian_event(
-        noise_multiplier, sampling_probability(n, batch_size), steps_for(n, batch_size, epochs)
-    )
 
 
 def compose(events: list[dp_accounting.DpEvent]) -> dp_accounting.DpEvent:
@@ -212,14 +198,6 @@ def calibrate_noise(
             mechanism_calibration.NoOptimumFoundError) as exc:
         raise ConfigError(f"no noise multiplier reaches epsilon {target_epsilon:g} at delta {delta:g} ({exc})",
                           hint="Ask for a larger epsilon or fewer epochs.") from None
-
-
-def noise_for_target_epsilon(
-    target_epsilon: float, delta: float, n: int, batch_size: int, epochs_total: int
-) -> float:
-    """The noise multiplier whose ``dp_sgd_event`` run spends at most ``target_epsilon``."""
-    return calibrate_noise(target_epsilon, delta,
-                           lambda noise: dp_sgd_event(noise, n, batch_size, epochs_total))
 
 
 def check_delta(delta: float, examples: int, *, what: str = "delta") -> float:

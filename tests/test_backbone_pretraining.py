@@ -22,7 +22,7 @@ from scripts.make_sample_data import generate_sample_dataset, image_rng, render_
 from shared.classifier import backbone_fingerprint, build_classifier
 from shared.dataset_layout import CLASS_NAMES
 from shared.errors import TargetNotEmptyError
-from shared.privacy_accounting import DpSchedule, epsilon_for, noise_for_target_epsilon
+from shared.privacy_accounting import DpSchedule, calibrate_noise, epsilon_for
 
 SIZE = 32
 #: Small enough for the session fixture to stay within about a minute on 2 CPU cores.
@@ -103,9 +103,12 @@ def _dp_head_accuracy(weights: Path | None, root: Path) -> float:
     classifier = build_classifier(SIZE, weights=weights, seed=0)
     features = compute_features(classifier.features, data)
     x, y = features[data.train_index], data.labels[data.train_index]
-    noise = noise_for_target_epsilon(EPSILON, 1e-5, len(x), 64, 20)
-    schedule = DpSchedule.for_epochs(noise_multiplier=noise, l2_norm_clip=1.0, examples=len(x), batch_size=64,
+
+    def plan(noise: float) -> DpSchedule:
+        return DpSchedule.for_epochs(noise_multiplier=noise, l2_norm_clip=1.0, examples=len(x), batch_size=64,
                                      epochs=20)
+
+    schedule = plan(calibrate_noise(EPSILON, 1e-5, lambda noise: plan(noise).event()))
     result = train_dp(classifier.head, TrainingExamples.from_arrays(x, y), schedule, LocalSettings(0.2))
     assert epsilon_for(result.event, 1e-5) <= EPSILON
     probabilities = classifier.head.predict(features[data.val_index], verbose=0)

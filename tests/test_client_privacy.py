@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from dp_accounting import DpEvent
 from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
@@ -30,12 +31,10 @@ from shared.privacy_accounting import (
     check_delta,
     compose,
     declared_examples,
-    dp_sgd_event,
     epsilon_for,
     event_from_json,
     event_to_json,
     group_privacy,
-    noise_for_target_epsilon,
     spend,
 )
 from shared.protocol import DataDeclaration
@@ -44,19 +43,25 @@ from shared.settings import load_settings
 DELTA = 1e-5
 
 
+def _run(noise: float, n: int, batch: int, epochs: int) -> DpEvent:
+    """One DP-SGD run's event: ``epochs`` expected passes over ``n`` examples, expected batch ``batch``."""
+    return DpSchedule.for_epochs(noise_multiplier=noise, l2_norm_clip=1.0, examples=n, batch_size=batch,
+                                 epochs=epochs).event()
+
+
 @pytest.mark.parametrize(
     ("target", "n", "batch", "epochs"), [(1.0, 400, 32, 5), (4.0, 500, 64, 20), (8.0, 2000, 128, 50)]
 )
-def test_noise_for_target_epsilon_lands_within_one_percent(
+def test_calibrated_noise_lands_within_one_percent_of_the_target(
     target: float, n: int, batch: int, epochs: int
 ) -> None:
-    noise = noise_for_target_epsilon(target, DELTA, n, batch, epochs)
-    spent = epsilon_for(dp_sgd_event(noise, n, batch, epochs), DELTA)
+    noise = calibrate_noise(target, DELTA, lambda sigma: _run(sigma, n, batch, epochs))
+    spent = epsilon_for(_run(noise, n, batch, epochs), DELTA)
     assert 0.99 * target <= spent <= target
 
 
 def test_event_json_round_trip_is_faithful() -> None:
-    event = compose([dp_sgd_event(1.3, 500, 64, 3), dp_sgd_event(0.9, 500, 32, 1)])
+    event = compose([_run(1.3, 500, 64, 3), _run(0.9, 500, 32, 1)])
     assert event_from_json(event_to_json(event)) == event
 
 
@@ -67,7 +72,7 @@ def test_event_json_refuses_unknown_types() -> None:
 
 def test_ledger_composes_sessions_not_sums_them(tmp_path: Path) -> None:
     ledger = PrivacyLedger(tmp_path / "ledger.db", max_epsilon=100.0, delta=DELTA)
-    first, second = dp_sgd_event(1.1, 500, 64, 10), dp_sgd_event(1.1, 500, 64, 10)
+    first, second = _run(1.1, 500, 64, 10), _run(1.1, 500, 64, 10)
     ledger.charge("S-1", first)
     ledger.charge("S-2", second)
 
@@ -80,7 +85,7 @@ def test_ledger_composes_sessions_not_sums_them(tmp_path: Path) -> None:
 
 
 def test_ledger_refuses_over_budget_run_with_the_numbers(tmp_path: Path) -> None:
-    run = dp_sgd_event(1.0, 500, 64, 10)
+    run = _run(1.0, 500, 64, 10)
     one_run = epsilon_for(run, DELTA)
     ledger = PrivacyLedger(tmp_path / "ledger.db", max_epsilon=1.2 * one_run, delta=DELTA)
     ledger.charge("S-1", run)
@@ -98,9 +103,9 @@ def test_ledger_refuses_over_budget_run_with_the_numbers(tmp_path: Path) -> None
 
 def test_ledger_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "site" / "ledger.db"
-    PrivacyLedger(path, max_epsilon=10.0, delta=DELTA).charge("S-1", dp_sgd_event(2.0, 100, 10, 1))
+    PrivacyLedger(path, max_epsilon=10.0, delta=DELTA).charge("S-1", _run(2.0, 100, 10, 1))
     reopened = PrivacyLedger(path, max_epsilon=10.0, delta=DELTA)
-    assert reopened.spent() == pytest.approx(epsilon_for(dp_sgd_event(2.0, 100, 10, 1), DELTA))
+    assert reopened.spent() == pytest.approx(epsilon_for(_run(2.0, 100, 10, 1), DELTA))
 
 
 # ----------------------------------------------------------------- PLD accounting, RDP beside it
@@ -119,7 +124,7 @@ def test_epsilon_is_the_pld_accountants_and_rdp_is_the_looser_cross_check() -> N
 
 def test_ledger_spends_are_pld(tmp_path: Path) -> None:
     ledger = PrivacyLedger(tmp_path / "ledger.db", max_epsilon=100.0, delta=DELTA)
-    run = dp_sgd_event(1.0, 500, 64, 10)
+    run = _run(1.0, 500, 64, 10)
     ledger.charge("S-1", run)
     assert ledger.spent() == pytest.approx(spend(run, DELTA).epsilon)
     assert ledger.spent_both().epsilon_rdp == pytest.approx(spend(run, DELTA).epsilon_rdp)
@@ -130,7 +135,7 @@ def test_group_privacy_is_the_standard_conversion() -> None:
     assert group_privacy(0.5, 1e-6, 1) == (0.5, 1e-6)
     eps, delta = group_privacy(0.5, 1e-6, 4)
     assert eps == 2.0 and delta == pytest.approx(4 * math.exp(1.5) * 1e-6)
-    spent = spend(dp_sgd_event(2.0, 500, 64, 3), DELTA)
+    spent = spend(_run(2.0, 500, 64, 3), DELTA)
     assert spent.for_patients(None) is None
     assert spent.for_patients(3) == group_privacy(spent.epsilon, DELTA, 3)
 
@@ -185,7 +190,7 @@ def test_the_privacy_view_states_pld_rdp_the_unit_and_the_patient_level(tiny_dat
                                                                        tmp_path: Path) -> None:
     settings = load_settings(home=tmp_path / "home")
     profile = setup_site(settings, site="lab", token="t", data_root=tiny_dataset, max_slices_per_patient=3)
-    run = dp_sgd_event(2.0, 100, 16, 2)
+    run = _run(2.0, 100, 16, 2)
     site_ledger(profile).charge("S-1", run)
     status = privacy_status(profile)
     assert status["spent"] == pytest.approx(spend(run, 1e-5).epsilon)
@@ -211,7 +216,7 @@ def test_the_site_ledger_budget_is_the_lower_of_its_own_and_the_servers(tiny_dat
 def _filled(tmp_path: Path) -> PrivacyLedger:
     ledger = PrivacyLedger(tmp_path / "ledger.db", max_epsilon=100.0, delta=DELTA)
     for session in ("S-1", "S-2", "S-3"):
-        ledger.charge(session, dp_sgd_event(2.0, 500, 64, 2))
+        ledger.charge(session, _run(2.0, 500, 64, 2))
     return ledger
 
 
@@ -219,11 +224,11 @@ def test_an_edited_run_is_detected_and_nothing_more_is_charged(tmp_path: Path) -
     ledger = _filled(tmp_path)
     with sqlite3.connect(ledger.path) as db:  # make the first run look cheaper
         db.execute("UPDATE privacy_events SET event_json = ? WHERE id = 1",
-                   (event_to_json(dp_sgd_event(50.0, 500, 64, 1)),))
+                   (event_to_json(_run(50.0, 500, 64, 1)),))
     with pytest.raises(LedgerTamperedError, match="altered at run 1"):
         ledger.spent()
     with pytest.raises(LedgerTamperedError):
-        ledger.charge("S-4", dp_sgd_event(2.0, 500, 64, 1))
+        ledger.charge("S-4", _run(2.0, 500, 64, 1))
     with pytest.raises(LedgerTamperedError):
         PrivacyLedger(ledger.path, max_epsilon=100.0, delta=DELTA)
 
@@ -254,7 +259,7 @@ def test_an_intact_ledger_verifies_and_a_legacy_one_is_chained_once(tmp_path: Pa
                    " created_at TEXT NOT NULL, event_json TEXT NOT NULL, delta REAL NOT NULL, epsilon REAL NOT NULL)")
         db.execute("INSERT INTO privacy_events (session_id, created_at, event_json, delta, epsilon) "
                    "VALUES ('old', '2024-01-01T00:00:00+00:00', ?, 1e-5, 1.0)",
-                   (event_to_json(dp_sgd_event(2.0, 500, 64, 2)),))
+                   (event_to_json(_run(2.0, 500, 64, 2)),))
     chained = PrivacyLedger(legacy, max_epsilon=100.0, delta=DELTA)
     assert chained.verify() == 1 and [e.session_id for e in chained.entries()] == ["old"]
 

@@ -19,7 +19,7 @@ from shared.classifier import (
     initial_global_weights,
     set_trainable_weights,
 )
-from shared.privacy_accounting import DpSchedule, epsilon_for, noise_for_target_epsilon
+from shared.privacy_accounting import DpSchedule, calibrate_noise, epsilon_for
 from shared.protocol import DP_ENGINES
 from tests.conftest_client import IMAGE_SIZE
 
@@ -137,9 +137,12 @@ EPSILON = 6.0
 
 def test_dp_training_learns_at_moderate_epsilon(head, features) -> None:
     x, y, x_val, y_val = features
-    noise = noise_for_target_epsilon(EPSILON, 1e-5, len(x), 64, 20)
-    schedule = DpSchedule.for_epochs(noise_multiplier=noise, l2_norm_clip=1.0, examples=len(x),
+
+    def plan(noise: float) -> DpSchedule:
+        return DpSchedule.for_epochs(noise_multiplier=noise, l2_norm_clip=1.0, examples=len(x),
                                      batch_size=64, epochs=20)
+
+    schedule = plan(calibrate_noise(EPSILON, 1e-5, lambda noise: plan(noise).event()))
     result = train_dp(head, TrainingExamples.from_arrays(x, y), schedule, LocalSettings(learning_rate=0.2))
 
     assert epsilon_for(result.event, 1e-5) <= EPSILON

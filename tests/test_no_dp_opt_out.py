@@ -21,14 +21,13 @@ from client.training.privacy_contract import site_ledger
 from server.sessions.manager import ApprovalOptions, SessionManager
 from server.store.records import PlannedCharge
 from shared.errors import PrivacyBudgetExceeded, StoreError
-from shared.privacy_accounting import dp_sgd_event
 from shared.protocol import DpSpec
 from shared.settings import load_settings
 from tests.conftest_socket import Env
 from tests.conftest_store import make_weights
 from tests.privacy_fixtures import declaration, schedule
 
-NO_NOISE = dp_sgd_event(0.0, 100, 16, 1)
+NO_NOISE = schedule(100, sigma=0.0, batch_size=16).event()
 NO_DP = {"noise_multiplier": 0.0, "delta": 1e-5, "l2_norm_clip": 1.0}
 
 
@@ -50,7 +49,7 @@ def test_a_granted_ledger_records_it_and_has_no_finite_guarantee_afterwards(tmp_
     assert math.isinf(ledger.charge("s1", NO_NOISE))
     assert math.isinf(ledger.spent()) and ledger.remaining() == 0
     with pytest.raises(PrivacyBudgetExceeded):  # no DP run fits a budget after a non-private one
-        ledger.charge("s2", dp_sgd_event(5.0, 100, 16, 1))
+        ledger.charge("s2", schedule(100, sigma=5.0, batch_size=16).event())
 
 
 def test_a_profile_cannot_grant_itself_training_without_dp(tiny_dataset: Path, tmp_path: Path) -> None:

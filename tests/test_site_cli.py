@@ -76,7 +76,7 @@ def test_every_command_needs_setup_first(server: Server, capsys: pytest.CaptureF
 
 
 def test_request_then_list_it(north: Server, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out = run(capsys, "request", "--rounds", "2", "--noise", "1.2", "--note", "first")
+    code, out = run(capsys, "request", "--rounds", "2", "--local-epochs", "1", "--noise", "1.2", "--note", "first")
     assert code == 0 and "sent REQ-1 (PENDING)" in out
     code, out = run(capsys, "request", "--rounds", "1", "--target-epsilon", "2")
     assert code == 0 and "sent REQ-2" in out
@@ -86,9 +86,10 @@ def test_request_then_list_it(north: Server, capsys: pytest.CaptureFixture[str])
 
 
 def test_request_names_its_dp_engine(north: Server, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out = run(capsys, "request", "--rounds", "1", "--noise", "1.0", "--dp-engine", "keras-optimizer")
+    code, out = run(capsys, "request", "--rounds", "1", "--local-epochs", "1", "--noise", "1.0",
+                    "--dp-engine", "keras-optimizer")
     assert code == 0 and "sent REQ-1 (PENDING) with DP engine keras-optimizer" in out
-    code, out = run(capsys, "request", "--rounds", "1", "--noise", "1.0")
+    code, out = run(capsys, "request", "--rounds", "1", "--local-epochs", "1", "--noise", "1.0")
     assert code == 0 and "with DP engine dp-model" in out  # the profile's default
     assert [north.store.get_request(n).dp["engine"] for n in (1, 2)] == ["keras-optimizer", "dp-model"]
     code, out = run(capsys, "requests")
@@ -107,7 +108,7 @@ def test_request_over_the_budget_is_refused_before_sending(north: Server,
 
 def test_rejection_reason_reaches_requests_notifications_and_train(north: Server,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    run(capsys, "request", "--rounds", "1", "--noise", "1.0")
+    run(capsys, "request", "--rounds", "1", "--local-epochs", "1", "--noise", "1.0")
     north.store.reject_request(1, reason="use fewer rounds")
     code, out = run(capsys, "requests")
     assert code == 0 and "REJECTED" in out and "use fewer rounds" in out
@@ -157,7 +158,7 @@ def test_privacy_and_log_start_empty(north: Server, capsys: pytest.CaptureFixtur
 
 def test_tables_fit_an_80_column_pipe(north: Server, capsys: pytest.CaptureFixture[str],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    run(capsys, "request", "--rounds", "1", "--noise", "1.0", "--note", "a long note " * 5)
+    run(capsys, "request", "--rounds", "1", "--local-epochs", "1", "--noise", "1.0", "--note", "a long note " * 5)
     north.store.export_version(0, ["north"])
     monkeypatch.setenv("COLUMNS", "80")
     for command in ("requests", "updates", "notifications", "dataset", "privacy"):

@@ -17,7 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from client.menu.commands import COMMANDS, console, evaluate, setup
 from client.site_profile import load_profile
-from shared import protocol
+from shared import protocol, training_defaults
 from shared.cli_types import add_verbose_option, version_number
 from shared.program import Program
 from shared.settings import Settings, load_settings
@@ -54,13 +54,13 @@ def _parser() -> argparse.ArgumentParser:
                               help="refuse every session without secure aggregation, whatever the server says")
 
     request = commands.add_parser("request", help="send a training request")
-    request.add_argument("--rounds", type=int, default=3)
-    request.add_argument("--local-epochs", type=int, default=1)
+    request.add_argument("--rounds", type=int, default=training_defaults.ROUNDS)
+    request.add_argument("--local-epochs", type=int, default=training_defaults.LOCAL_EPOCHS)
     noise = request.add_mutually_exclusive_group()
     noise.add_argument("--target-epsilon", type=float, help="privacy to spend on this request (default 1)")
     noise.add_argument("--noise", type=float, help="noise multiplier (instead of a target epsilon)")
     request.add_argument("--delta", type=float, help="default: the site's budget delta")
-    request.add_argument("--clip", type=float, default=1.0, help="per-example L2 clip norm")
+    request.add_argument("--clip", type=float, default=training_defaults.L2_NORM_CLIP, help="per-example L2 clip norm")
     request.add_argument("--dp-engine", choices=protocol.DP_ENGINES, help="DP-SGD engine (default: the site's)")
     request.add_argument("--note", default="")
     request.add_argument("--train", action="store_true", help="wait for approval, then train")

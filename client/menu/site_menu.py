@@ -28,7 +28,7 @@ from client.menu.commands import (
     train_request,
 )
 from client.site_profile import SiteProfile, load_profile, profile_path
-from shared import prompts
+from shared import prompts, training_defaults
 from shared.errors import FLError
 from shared.settings import Settings
 from shared.terminal import print_error
@@ -92,8 +92,8 @@ def _print_notices(out: Console, profile: SiteProfile) -> None:
 
 def request(out: Console, profile: SiteProfile) -> None:
     show_privacy(out, profile)
-    rounds = prompts.number("Rounds", 3, int, minimum=1)
-    epochs = prompts.number("Local epochs per round", 1, int, minimum=1)
+    rounds = prompts.number("Rounds", training_defaults.ROUNDS, int, minimum=1)
+    epochs = prompts.number("Local epochs per round", training_defaults.LOCAL_EPOCHS, int, minimum=1)
     how = prompts.choose("Privacy", [Choice("target epsilon for this request", value="epsilon"),
                                      Choice("noise multiplier", value="noise")])
     value = prompts.number("Target epsilon" if how == "epsilon" else "Noise multiplier",

@@ -24,6 +24,7 @@ import dp_accounting
 
 from client.site_profile import SiteProfile
 from client.training.ledger import PrivacyLedger
+from shared import training_defaults
 from shared.dataset_layout import scan_dataset, training_size
 from shared.errors import PrivacyBudgetExceeded
 from shared.privacy_accounting import (
@@ -37,8 +38,9 @@ from shared.privacy_accounting import (
 
 #: Share of each class kept for local validation (``load_site_data``'s default).
 VALIDATION_FRACTION = 0.2
-#: Batch size assumed when a request's privacy cost is estimated before the admin decides.
-PLANNING_BATCH_SIZE = 16
+#: Batch size assumed when a request's privacy cost is estimated before the admin decides: the
+#: server's default, so the estimate is the schedule an approval with defaults sends.
+PLANNING_BATCH_SIZE = training_defaults.BATCH_SIZE
 
 
 def training_count(profile: SiteProfile) -> int:

@@ -20,6 +20,7 @@ from shared.cli_types import add_verbose_option, version_number
 from shared.program import Program
 from shared.settings import load_settings
 from shared.tls import require_tls_for_listeners
+from shared.training_defaults import BATCH_SIZE, LEARNING_RATE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("--min-clients", type=int, help="default: one per request")
     approve.add_argument("--join-timeout", type=float, default=300.0, help="seconds for sites to connect")
     approve.add_argument("--round-timeout", type=float, default=3600.0)
-    approve.add_argument("--batch-size", type=int, default=16)
-    approve.add_argument("--lr", type=float, default=0.05)
+    approve.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                         help="expected Poisson batch (default %(default)s)")
+    approve.add_argument("--lr", type=float, default=LEARNING_RATE, help="sites' learning rate (default %(default)s)")
     approve.add_argument("--secure-aggregation", action=argparse.BooleanOptionalAction, default=None,
                          help="mask updates so the server sees only their sum (default: on for 3+ sites)")
     approve.add_argument("--secagg-threshold", type=int,

@@ -25,7 +25,7 @@ from server.sessions.privacy_plan import SitePlan, plan_sites, session_rounds
 from server.store import Store
 from server.store.lifecycle import SessionState
 from server.store.records import SessionInfo
-from shared import secagg_protocol
+from shared import secagg_protocol, training_defaults
 from shared.errors import IllegalTransitionError, SessionFailedError, StoreError
 from shared.settings import Settings
 
@@ -49,8 +49,8 @@ class ApprovalOptions:
     min_clients: int | None = None
     join_timeout_s: float = 300.0
     round_timeout_s: float = 3600.0
-    batch_size: int = 16
-    learning_rate: float = 0.05
+    batch_size: int = training_defaults.BATCH_SIZE
+    learning_rate: float = training_defaults.LEARNING_RATE
     #: Honest head-only rounds at the defaults move the weights by 17-53 (bench.update_norms: 125-5000
     #: images, 1-3 epochs, target epsilon 1): about 3x headroom over the largest, 20x less than before.
     max_update_norm: float = 150.0
