@@ -50,6 +50,14 @@ class _Admitted:
     proxy: ClientProxy
     result: Any
     site: str
+    _weights: list[np.ndarray] | None = None
+
+    @property
+    def weights(self) -> list[np.ndarray]:
+        """The result's arrays, deserialised once: validation and aggregation both read them."""
+        if self._weights is None:
+            self._weights = parameters_to_ndarrays(self.result.parameters)
+        return self._weights
 
 
 class AdmittedFedProx(FedProx):
@@ -201,7 +209,7 @@ class AdmittedFedProx(FedProx):
 
     def _update_is_sound(self, server_round: int, entry: _Admitted) -> bool:
         problem = update_problem(
-            parameters_to_ndarrays(entry.result.parameters),
+            entry.weights,
             self.global_weights,
             max_update_norm=self.max_update_norm,
         )
@@ -211,9 +219,7 @@ class AdmittedFedProx(FedProx):
 
     def _combine(self, server_round: int, admitted: list[_Admitted]) -> list[np.ndarray]:
         """The round's new global weights: the example-weighted mean of the admitted weights."""
-        return aggregate(
-            [(parameters_to_ndarrays(a.result.parameters), a.result.num_examples) for a in admitted]
-        )
+        return aggregate([(a.weights, a.result.num_examples) for a in admitted])
 
     def _reject(self, server_round: int, phase: str, who: str, reason: str) -> None:
         log.warning("round %d %s: dropped result from %s (%s)", server_round, phase, who, reason)

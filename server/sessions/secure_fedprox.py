@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from flwr.common import EvaluateIns, FitIns, Parameters, Scalar, parameters_to_ndarrays
+from flwr.common import EvaluateIns, FitIns, Parameters, Scalar
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedProx
@@ -176,7 +176,7 @@ class SecureFedProx(AdmittedFedProx):
 
     def _update_is_sound(self, server_round: int, entry: _Admitted) -> bool:
         """A masked vector can only be checked for its form: field elements in the right shapes."""
-        vector = parameters_to_ndarrays(entry.result.parameters)
+        vector = entry.weights
         shapes = [w.shape for w in self.global_weights] + [(len(proto.FIT_EXTRAS),)]
         dtypes = [masking.FIELD] * len(self.global_weights) + [masking.EXTRAS_FIELD]
         sound = [v.shape for v in vector] == shapes and [v.dtype for v in vector] == dtypes
@@ -187,7 +187,7 @@ class SecureFedProx(AdmittedFedProx):
     def _combine(self, server_round: int, admitted: list[_Admitted]) -> list[np.ndarray]:
         """Unmask the sum, add the mean update to the global weights, check the aggregate."""
         total = self._unmask(server_round, proto.FIT,
-                             {a.site: parameters_to_ndarrays(a.result.parameters) for a in admitted})
+                             {a.site: a.weights for a in admitted})
         try:
             mean_update, self.last_sums[proto.FIT] = masking.decode_update(total, self.clip_range,
                                                                            self._round.setup.levels)
