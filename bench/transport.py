@@ -33,18 +33,27 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import flwr.client.message_handler.message_handler as flower_handler  # noqa: E402
-from flwr.common import FitIns, FitRes, Status, Code, ndarrays_to_parameters, parameter, recorddict_compat, serde  # noqa: E402
-from flwr.proto.transport_pb2 import ClientMessage, ServerMessage  # noqa: E402
+import flwr.client.message_handler.message_handler as flower_handler
+from flwr.common import (
+    Code,
+    FitIns,
+    FitRes,
+    Status,
+    ndarrays_to_parameters,
+    parameter,
+    recorddict_compat,
+    serde,
+)
+from flwr.proto.transport_pb2 import ClientMessage, ServerMessage
 
-from bench.stage_clock import StageClock  # noqa: E402
-from server.sessions.fedprox import AdmittedFedProx  # noqa: E402
-from server.sessions.runtime import run_session  # noqa: E402
-from server.store import Store  # noqa: E402
-from shared.logging_setup import quiet_script  # noqa: E402
-from shared.settings import load_settings  # noqa: E402
-from tests.flower_fakes import ScriptedClient, free_port, run_in_thread  # noqa: E402
-from tests.privacy_fixtures import charged_session  # noqa: E402
+from bench.stage_clock import StageClock
+from server.sessions.fedprox import AdmittedFedProx
+from server.sessions.runtime import run_session
+from server.store import Store
+from shared.logging_setup import quiet_script
+from shared.settings import load_settings
+from tests.flower_fakes import ScriptedClient, free_port, run_in_thread
+from tests.privacy_fixtures import charged_session
 
 STORE_STAGE = "ours: store round record (SQLite, audit chain)"
 PROCESS_CPU = "process CPU"
