@@ -8,6 +8,10 @@ Same 2048->256->4 head, same random features, one process. Arms:
 - ``dp-model-no-noise``: the same with noise multiplier 0, i.e. what everything but the noise costs;
 - ``noise-draw-only``: the sampling and the Gaussian noise draw of a step alone (no model): the
   ceiling on any DP-SGD step's throughput here, since every step noises all 526k head weights;
+- ``dp-model-prefetch``: the default engine with its noise drawn off the critical path, by a
+  ``tf.data`` producer (own OS-seeded generator, a fresh draw for every step, used once) that
+  keeps the next steps' noise ready on its own threads while a step computes: what a second
+  core can hide (tried for issue 16; not used by the engine, since it did not help here);
 - ``keras-optimizer``: TF-Privacy's vectorised DP-Keras SGD optimizer engine (slow; fewer steps);
 - ``dpmodel-fit (before)``: what main trained with before Poisson sampling, TF-Privacy's ``DPModel``
   under Keras ``fit`` on shuffled fixed-size batches (noise divided by the realised batch).
@@ -33,27 +37,29 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from shared.logging_setup import quiet_script  # noqa: E402
+from shared.logging_setup import quiet_script
 
 quiet_script(__file__)  # before TensorFlow: its start-up lines go to the log file, not here
-import tensorflow as tf  # noqa: E402
-from tensorflow_privacy.privacy.fast_gradient_clipping.layer_registry import (  # noqa: E402
+import tensorflow as tf
+from tensorflow_privacy.privacy.fast_gradient_clipping.layer_registry import (
     make_default_layer_registry,
 )
-from tensorflow_privacy.privacy.keras_models.dp_keras_model import DPModel  # noqa: E402
+from tensorflow_privacy.privacy.keras_models.dp_keras_model import DPModel
 
-from client.training.dp_engines import ExpectedBatchUpdate, make_engine  # noqa: E402
-from client.training.dp_training import sampled_step_loop  # noqa: E402
-from client.training.examples import TrainingExamples  # noqa: E402
-from client.training.per_example_clipping import correct_count, per_example_loss  # noqa: E402
-from client.training.poisson_sampling import os_seeded_generator  # noqa: E402
-from server.sessions.manager import ApprovalOptions  # noqa: E402
-from shared.classifier import build_head  # noqa: E402
-from shared.privacy_accounting import DpSchedule  # noqa: E402
+from client.training.dp_engines import DpModelEngine, ExpectedBatchUpdate, make_engine
+from client.training.dp_training import sampled_step_loop
+from client.training.examples import TrainingExamples
+from client.training.per_example_clipping import correct_count, per_example_loss
+from client.training.poisson_sampling import os_seeded_generator
+from server.sessions.manager import ApprovalOptions
+from shared.classifier import build_head
+from shared.privacy_accounting import DpSchedule
 
 DEFAULTS = ApprovalOptions()
 #: The optimizer engine is ~30-100x slower; it runs this fraction of the steps.
 SLOW_FRACTION = 0.05
+#: Steps of noise the prefetching arm keeps drawn ahead.
+PREFETCHED_STEPS = 4
 Arm = Callable[[int], None]
 
 
@@ -94,6 +100,26 @@ class _NoiseOnlyEngine:
         return drawn, tf.constant(0.0)  # used, so the draw cannot be pruned
 
 
+class _PrefetchedNoiseEngine(DpModelEngine):
+    """``DpModelEngine`` whose step takes its noise from a prefetching ``tf.data`` producer."""
+
+    name = "dp-model-prefetch"
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        generator, std = os_seeded_generator(), self.noise_std
+        shapes = [v.shape for v in self.update.variables]
+        draws = tf.data.Dataset.from_tensors(0).repeat().map(
+            lambda _: tuple(generator.normal(shape, stddev=std) for shape in shapes))
+        self.noises = iter(draws.prefetch(PREFETCHED_STEPS))
+
+    def step(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        noise = next(self.noises)
+        sums, loss_sum, correct = self.clipped_sum(x, y)
+        self.update.apply([g + z for g, z in zip(sums, noise)])
+        return loss_sum, correct
+
+
 def _loop_arm(engine, examples: TrainingExamples, rate: float, generator: tf.random.Generator) -> Arm:  # type: ignore[no-untyped-def]
     run = sampled_step_loop(engine, examples, rate, generator)
     run(tf.constant(2))  # trace and first-touch allocation, untimed
@@ -128,6 +154,10 @@ def _arms(features: np.ndarray, labels: np.ndarray, batch: int, learning_rate: f
         built = make_engine(engine, build_head(seed=0), schedule, n, learning_rate=learning_rate,
                             proximal_mu=0.0, optimizer="sgd", noise=generator)
         arms[name] = _loop_arm(built, examples, rate, generator)
+        if name == "dp-model":
+            prefetch = _PrefetchedNoiseEngine(build_head(seed=0), schedule, n, learning_rate=learning_rate,
+                                              proximal_mu=0.0, optimizer="sgd", noise=generator)
+            arms[prefetch.name] = _loop_arm(prefetch, examples, rate, generator)
     arms["dpmodel-fit (before)"] = _fit_arm(features, labels, batch, learning_rate, dp_model=True)
     arms["noise-draw-only"] = _loop_arm(_NoiseOnlyEngine(build_head(seed=0), generator), examples, rate,
                                         generator)

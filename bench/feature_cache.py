@@ -1,8 +1,10 @@
-"""Round time of head-only DP training on 500 images, with and without the feature cache.
+"""Round time of head-only DP training on 500 images, with and without the feature cache; a site's memory.
 
 Without the cache every local epoch runs ResNet50 over the images (DP training of the full
 model with a frozen backbone); with it a round loads the cached features and trains the head
-only. Also prints the one-off cost of filling the cache. Ends with ``feature_cache_speedup R``
+only. Also prints the one-off cost of filling the cache, and the site process's resident memory
+during a head-only round and during a round that trains an unfrozen stage (``trainable_blocks
+1``: conv5, per-example gradients vectorised in chunks). Ends with ``feature_cache_speedup R``
 (round time without / with the cache).
 
     python bench/feature_cache.py --image-size 64 --epochs 1
@@ -17,18 +19,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from shared.logging_setup import quiet_script  # noqa: E402
+from shared.logging_setup import quiet_script
 
 quiet_script(__file__)  # before TensorFlow: its start-up lines go to the log file, not here
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
-from client.training.data import load_site_data  # noqa: E402
-from client.training.dp_training import LocalSettings, train_dp  # noqa: E402
-from client.training.examples import TrainingExamples  # noqa: E402
-from client.training.feature_cache import cached_features  # noqa: E402
-from scripts.make_sample_data import generate_sample_dataset  # noqa: E402
-from shared.classifier import build_classifier  # noqa: E402
-from shared.privacy_accounting import DpSchedule  # noqa: E402
+from bench.peak_memory import peak_rss
+from client.training.data import load_site_data
+from client.training.dp_training import LocalSettings, train_dp
+from client.training.examples import TrainingExamples
+from client.training.feature_cache import cached_features
+from scripts.make_sample_data import generate_sample_dataset
+from shared.classifier import build_classifier
+from shared.privacy_accounting import DpSchedule
 
 SETTINGS = LocalSettings(learning_rate=0.1)
 
@@ -62,13 +65,20 @@ def main() -> None:
             features = cached_features(cache, data, args.image_size, classifier.features)
             train_dp(classifier.head, TrainingExamples.from_arrays(features, data.labels), schedule, SETTINGS)
 
-        _, cached = _timed(cached_round)
+        with peak_rss() as head_memory:
+            _, cached = _timed(cached_round)
+        unfrozen = build_classifier(args.image_size, trainable_blocks=1)
+        with peak_rss() as unfrozen_memory:
+            _, unfrozen_s = _timed(lambda: train_dp(unfrozen.full, images, schedule, SETTINGS))
 
     print(f"device: {'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'}, "
           f"{data.n_train} images at {args.image_size}px, {args.epochs} local epoch(s)")
     print(f"round without cache (ResNet50 every epoch): {uncached:.2f} s")
     print(f"one-off cache fill (ResNet50 once):          {fill:.2f} s")
     print(f"round with warm cache (head only):           {cached:.2f} s")
+    print(f"round training conv5 too (trainable_blocks 1): {unfrozen_s:.2f} s")
+    print(f"site process memory, head-only round:          {head_memory.describe()}")
+    print(f"site process memory, conv5 round:              {unfrozen_memory.describe()}")
     print(f"feature_cache_speedup {uncached / cached:.2f}")
 
 

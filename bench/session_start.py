@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.modules.setdefault("tensorflow", None)  # type: ignore[arg-type]  # as in a session process: not needed
+
 import numpy as np
 
 from server.sessions.manager import ApprovalOptions, SessionManager

@@ -3,9 +3,8 @@
 A session drops a site's update whose L2 distance from the round's global weights exceeds
 ``max_update_norm`` (and fails a round whose combined update does), so the bound must sit well
 above what honest sites send and as far below "anything" as that allows. This runs exactly what a
-site runs in one round at the approval defaults (``ApprovalOptions``: batch 16, learning rate
-0.05, proximal mu 0.01; the client's request defaults: clip 1, target epsilon 1 at delta 1e-5
-over 3 rounds, noise calibrated by the server's PLD planner; the default DP engine) on the
+site runs in one round at the approval defaults (``ApprovalOptions``, ``shared.training_defaults``;
+the client's request defaults: clip 1, target epsilon 1 at delta 1e-5 over 3 rounds, noise calibrated by the server's PLD planner; the default DP engine) on the
 2048->256->4 head, for several training-set sizes and local epochs, from the same start each
 time, and prints the norm of ``w_new - w_global``: median (min-max) over ``--repeats`` runs.
 
@@ -37,11 +36,12 @@ from client.training.dp_training import LocalSettings, train_dp  # noqa: E402
 from client.training.examples import TrainingExamples  # noqa: E402
 from server.sessions.manager import ApprovalOptions  # noqa: E402
 from shared.classifier import FEATURE_DIM, build_head, get_trainable_weights, set_trainable_weights  # noqa: E402
+from shared import training_defaults  # noqa: E402
 from shared.privacy_accounting import DpSchedule, calibrate_noise  # noqa: E402
 
 DEFAULTS = ApprovalOptions()
 #: The client's request defaults (``fl-client request``): clip, target epsilon, rounds; the site budget's delta.
-CLIP, TARGET_EPSILON, ROUNDS, DELTA = 1.0, 1.0, 3, 1e-5
+CLIP, TARGET_EPSILON, ROUNDS, DELTA = training_defaults.L2_NORM_CLIP, 1.0, training_defaults.ROUNDS, 1e-5
 
 
 def schedule_for(examples: int, epochs: int) -> DpSchedule:
@@ -76,7 +76,7 @@ def expected_noise_norm(schedule: DpSchedule, size: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.update_norms", description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, nargs="+", default=[125, 1000, 5000])
-    parser.add_argument("--epochs", type=int, nargs="+", default=[1, 3])
+    parser.add_argument("--epochs", type=int, nargs="+", default=[1, training_defaults.LOCAL_EPOCHS])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
 

@@ -73,6 +73,14 @@ class Demo:
             self.console.print(out.rstrip(), markup=False, highlight=False, soft_wrap=True)  # laid out already
         return out
 
+    def show_all(self, program: str, *arg_lists: tuple[str, ...]) -> list[str]:
+        """Run several invocations of ``program`` side by side; print each, then its output, in order."""
+        outputs = self.children.run_all([(program, *args) for args in arg_lists])
+        for args, out in zip(arg_lists, outputs):
+            self.console.print(f"[cyan]$ {escape(program)} {escape(' '.join(args))}[/]", soft_wrap=True)
+            self.console.print(out.rstrip(), markup=False, highlight=False, soft_wrap=True)
+        return outputs
+
 
 def prepare_data(demo: Demo) -> None:
     demo.step("1. Sample data", "Synthetic 32x32 brain-MRI-like images in 4 classes (not real scans), split "
@@ -132,15 +140,16 @@ def set_up_sites(demo: Demo) -> None:
                   *weights)
 
 
-def request(demo: Demo, site: str) -> str:
-    out = demo.show("fl-client", "--site", site, "request", "--rounds", str(ROUNDS), "--target-epsilon",
-                    str(TARGET_EPSILON), "--note", "demo")
-    return find(r"sent (REQ-\d+)", out)
+def request(demo: Demo, sites: list[str]) -> dict[str, str]:
+    """Each site's ``fl-client request``, side by side: each plans its privacy (PLD) for seconds."""
+    outputs = demo.show_all("fl-client", *[("--site", site, "request", "--rounds", str(ROUNDS), "--target-epsilon",
+                                            str(TARGET_EPSILON), "--note", "demo") for site in sites])
+    return {site: find(r"sent (REQ-\d+)", out) for site, out in zip(sites, outputs)}
 
 
 def train_sessions(demo: Demo, groups: list[tuple[str, ...]]) -> None:
     """Each group is approved into one session; every site trains in its own process meanwhile."""
-    requests = {site: request(demo, site) for group in groups for site in group}
+    requests = request(demo, [site for group in groups for site in group])
     trainers = [(site, demo.children.start("fl-client", "--site", site, "train", requests[site],
                                            log_name=f"{site}-{requests[site]}.log")) for site in requests]
     demo.console.print("the sites wait for the admin's decision (fl-client --site NAME train REQ-n)")

@@ -57,6 +57,25 @@ class Children:
             raise CommandFailed(f"{program} {' '.join(args)} exited with {process.returncode}:\n{text[-3000:]}")
         return text
 
+    def run_all(self, commands: list[tuple[str, ...]], timeout: float = 600) -> list[str]:
+        """``run`` several commands side by side (each ``(program, *args)``); outputs in their order.
+
+        Every command runs to its end; the first that failed (in order) raises ``CommandFailed``.
+        """
+        processes = [self.start(program, *args, log_name=None) for program, *args in commands]
+        outputs: list[tuple[int, str]] = []
+        try:
+            for process in processes:
+                out, _ = process.communicate(timeout=timeout)
+                outputs.append((process.returncode, out.decode(errors="replace")))
+        finally:
+            for process in processes:
+                self.stop(process)
+        for (program, *args), (code, text) in zip(commands, outputs):
+            if code != 0:
+                raise CommandFailed(f"{program} {' '.join(args)} exited with {code}:\n{text[-3000:]}")
+        return [text for _, text in outputs]
+
     def start(self, program: str, *args: str, log_name: str | None) -> subprocess.Popen[bytes]:
         """Start in the background; output goes to ``log_dir/log_name`` (or a pipe when None)."""
         if log_name is None:

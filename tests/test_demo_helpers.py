@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,19 @@ def test_run_returns_output_and_raises_on_failure(tmp_path: Path) -> None:
     assert "fl-history" in children.run("fl-history", "--help")
     with pytest.raises(CommandFailed, match="no database"):
         children.run("fl-history", "versions")
+    assert children.running == []
+
+
+def test_run_all_runs_side_by_side_and_names_the_one_that_failed(tmp_path: Path) -> None:
+    """The demo's per-site requests (seconds of privacy planning each) run at once, shown in order."""
+    children = Children({}, tmp_path / "logs", columns=80)
+    nap = ("python -m timeit", "-n", "1", "-r", "1", "__import__('time').sleep(1)")
+    started = time.monotonic()
+    outputs = children.run_all([nap, nap, ("python -m platform",)])
+    assert time.monotonic() - started < 1.9  # two 1 s naps one after the other take 2 s
+    assert ["loop" in outputs[0], "loop" in outputs[1], "Linux" in outputs[2]] == [True, True, True]
+    with pytest.raises(CommandFailed, match="python -m json.tool /nonexistent"):
+        children.run_all([nap, ("python -m json.tool", "/nonexistent")])
     assert children.running == []
 
 

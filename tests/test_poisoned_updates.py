@@ -56,6 +56,12 @@ def test_poisoned_update_is_dropped_logged_and_the_rest_is_averaged(store: Store
         ([np.zeros((6, 4), np.int32), np.zeros(4, np.float32)], "dtype"),
         ([np.zeros((6, 4), np.float32)], "expected 2 weight arrays"),
         ([np.full((6, 4), 30.0, np.float32), np.zeros(4, np.float32)], "exceeds the bound"),
+        ([np.full((6, 4), 20.0, np.float32), np.zeros(4, np.float32)], None),  # norm 98: within 100
+        ([np.zeros((6, 4), np.float32), np.array([0, 0, np.nan, 0], np.float32)], "array 1 contains NaN"),
+        ([np.array([[np.inf] * 4] * 6, np.float32), np.zeros(4, np.float32)], "array 0 contains NaN or Inf"),
+        # finite, but its float32 square overflows: still the norm, not "NaN or Inf"
+        ([np.full((6, 4), 3e38, np.float32), np.zeros(4, np.float32)], "exceeds the bound"),
+        ([np.full((6, 4), 1.0, np.float64), np.zeros(4, np.float16)], None),  # other float widths pass
     ],
 )
 def test_update_problem_names_what_is_wrong(candidate: list[np.ndarray], problem: str | None) -> None:

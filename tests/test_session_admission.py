@@ -97,6 +97,35 @@ def test_silent_connections_cannot_push_a_site_past_the_join_deadline(store: Sto
             client.close()
 
 
+def test_sites_over_the_per_address_cap_are_told_to_come_back_and_all_join(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The scale bench: five sites on one host got their tickets in the same instant; the fifth,
+    over the cap of four unproven connections from one address, got an empty stream, its Flower
+    client ended with an error, and the session failed at its join deadline. Now a connection
+    turned away for capacity gets a ``ReconnectIns`` and Flower's client comes back by itself."""
+    names = [f"site{i}" for i in range(MAX_UNPROVEN_PER_ADDRESS + 2)]
+    for name in names:
+        store.enrol_site(name)
+    session_id, port = _session(store, names, join_timeout_s=30)
+    verify = store.verify_session_secret
+
+    def slow_verify(*args: str | int) -> bool:  # proofs overlap for sure: the cap is reached
+        time.sleep(0.5)
+        return verify(*args)  # type: ignore[arg-type]
+
+    store.verify_session_secret = slow_verify  # type: ignore[method-assign]
+    outcome = serve_session(store, session_id, port)
+    with caplog.at_level(logging.WARNING, logger="server.sessions.admission"):
+        for name in names:
+            run_in_thread(port, ScriptedClient(name, store.session_secret(session_id, name), 10,
+                                               lambda ws: [w + 1 for w in ws]))
+        outcome["thread"].join(timeout=90)
+    assert outcome.get("version") == 1, outcome
+    assert sorted(store.get_version(1).participants) == sorted(names)
+    assert any(r.getMessage().startswith("turned away a connection from '127.0.0.1'") for r in caplog.records)
+
+
 def test_the_name_an_unproven_client_claims_is_cut_and_cleaned_before_it_is_logged(
     store: Store, sites: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -87,8 +87,11 @@ class SiteConnection:
         tls_ca: Path | None = None,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
+        source_address: str | None = None,
     ) -> None:
+        """``source_address``: the local address to connect from (a host with several; benches)."""
         self.host, self.port, self.site = host, port, site
+        self._source = None if source_address is None else (source_address, 0)
         self.tls_ca = tls_ca
         self._client_certificate = {"cert": tls_cert, "key": tls_key}  # mutual TLS, when the server asks
         self._token = token
@@ -280,7 +283,8 @@ class SiteConnection:
             self._drop()
         if self._sock is None:
             try:
-                self._sock = socket.create_connection((self.host, self.port), timeout=self._timeout)
+                self._sock = socket.create_connection((self.host, self.port), timeout=self._timeout,
+                                                      source_address=self._source)
             except OSError as exc:
                 raise ConnectionProblem(
                     f"server not reachable at {self.host}:{self.port} ({_reason(exc)})"

@@ -9,13 +9,17 @@ within ``join_timeout_s`` fails with the names of the missing sites instead of h
 Nobody who can merely connect may delay an approved site: proofs are checked as connections
 arrive, concurrently, each with a short ``proof_timeout_s``, so silent connections cost a
 thread for a few seconds and never a place in a queue. Unproven connections are capped per
-address and in total; beyond that a connection is refused at once. The name an unproven
-client claims is attacker-chosen text: it is cleaned and cut short before it is logged.
+address and in total; beyond that a connection is turned away at once, told (Flower's
+``ReconnectIns``) to come back after a second or few: several honest sites behind one address
+(one NAT, one host) that connect in the same instant all get in, a little later, instead of
+failing for good. The name an unproven client claims is attacker-chosen text: it is cleaned
+and cut short before it is logged.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import Counter
@@ -44,6 +48,10 @@ Rejecter = Callable[[int, str, str, str], None]
 _joining = threading.local()
 
 
+#: Seconds (drawn per connection, to spread a burst) after which a turned-away client comes back.
+RETRY_AFTER_S = (1, 3)
+
+
 def joining_from(address: str) -> None:
     """Record the address of the connection whose ``register`` runs next on this thread.
 
@@ -51,6 +59,13 @@ def joining_from(address: str) -> None:
     same thread (see ``server.sessions.grpc_listener``).
     """
     _joining.address = address
+    _joining.retry_after_s = None
+
+
+def retry_after_s() -> int | None:
+    """Seconds after which the connection ``register`` just turned away for capacity may come back
+    (None: it was not turned away for capacity), for the servicer on the same thread to tell it."""
+    return getattr(_joining, "retry_after_s", None)
 
 
 def _joining_address() -> str:
@@ -109,8 +124,9 @@ class AdmissionClientManager(SimpleClientManager):
         with self._slots:
             per_address = Counter(self._unproven.values())[address]
             if per_address >= self.max_unproven_per_address or len(self._unproven) >= self.max_unproven:
-                log.warning("refused a connection from %s: %d unproven from there, %d in all",
-                            log_excerpt(address), per_address, len(self._unproven))
+                _joining.retry_after_s = random.randint(*RETRY_AFTER_S)
+                log.warning("turned away a connection from %s for %d s: %d unproven from there, %d in all",
+                            log_excerpt(address), _joining.retry_after_s, per_address, len(self._unproven))
                 return False
             self._unproven[client.cid] = address
         if not super().register(client):

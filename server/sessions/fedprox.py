@@ -57,6 +57,14 @@ class _Admitted:
     proxy: ClientProxy
     result: Any
     site: str
+    _weights: list[np.ndarray] | None = None
+
+    @property
+    def weights(self) -> list[np.ndarray]:
+        """The result's arrays, deserialised once: validation and aggregation both read them."""
+        if self._weights is None:
+            self._weights = parameters_to_ndarrays(self.result.parameters)
+        return self._weights
 
 
 class AdmittedFedProx(FedProx):
@@ -224,7 +232,7 @@ class AdmittedFedProx(FedProx):
 
     def _update_is_sound(self, server_round: int, entry: _Admitted) -> bool:
         problem = update_problem(
-            parameters_to_ndarrays(entry.result.parameters),
+            entry.weights,
             self.global_weights,
             max_update_norm=self.max_update_norm,
         )
@@ -238,7 +246,7 @@ class AdmittedFedProx(FedProx):
 
     def _combine(self, server_round: int, admitted: list[_Admitted]) -> list[np.ndarray]:
         """The round's new global weights: the session's rule over the admitted weights."""
-        results = [(parameters_to_ndarrays(a.result.parameters), self.weight(a.site)) for a in admitted]
+        results = [(a.weights, self.weight(a.site)) for a in admitted]
         if self.rule.aggregator is Aggregator.MEDIAN:
             combined = aggregate_median(results)
         elif self.rule.aggregator is Aggregator.TRIMMED_MEAN:

@@ -3,8 +3,9 @@
 Flower's ``start_grpc_server`` hides the peer from the client manager and accepts messages up to
 2 GiB. This starts the same servicer through Flower's own ``generic_create_grpc_server``, with
 two changes: each new stream records its peer address before Flower registers the client (so
-admission can cap unproven connections per address), and messages are capped at what this
-session's model can need (:func:`message_cap`), so no one can make the server buffer gigabytes.
+admission can cap unproven connections per address, telling those over the cap when to come
+back), and messages are capped at what this session's model can need (:func:`message_cap`), so
+no one can make the server buffer gigabytes.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from typing import Any
 import grpc
 import numpy as np
 from flwr.common.grpc import generic_create_grpc_server
+from flwr.proto.transport_pb2 import ServerMessage
 from flwr.proto.transport_pb2_grpc import add_FlowerServiceServicer_to_server
 from flwr.server.client_manager import ClientManager
 from flwr.server.superlink.fleet.grpc_bidi.flower_service_servicer import (
     FlowerServiceServicer,
 )
 
-from server.sessions.admission import joining_from
+from server.sessions.admission import joining_from, retry_after_s
 
 #: Room for everything besides the weights: metrics, configs, secure-aggregation key shares.
 MESSAGE_SLACK_BYTES = 4 << 20
@@ -42,13 +44,24 @@ def peer_address(peer: str) -> str:
 
 
 class _PeerRecordingServicer(FlowerServiceServicer):
-    """Flower's servicer, recording the peer on the thread that registers the client."""
+    """Flower's servicer, recording the peer on the thread that registers the client.
+
+    A connection admission turned away for capacity gets one ``ReconnectIns`` instead of an
+    empty stream: Flower's client answers it, waits that long and connects again, whereas an
+    empty stream ends its ``start_client`` with an error and the site never joins.
+    """
 
     def Join(
         self, request_iterator: Iterator[Any], context: grpc.ServicerContext
     ) -> Iterator[Any]:
         joining_from(peer_address(context.peer()))
-        yield from super().Join(request_iterator, context)
+        registered = False
+        for message in super().Join(request_iterator, context):
+            registered = True
+            yield message
+        seconds = retry_after_s()
+        if not registered and seconds is not None:
+            yield ServerMessage(reconnect_ins=ServerMessage.ReconnectIns(seconds=seconds))
 
 
 def start_session_server(

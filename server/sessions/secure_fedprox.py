@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from flwr.common import EvaluateIns, FitIns, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import EvaluateIns, FitIns, Parameters, Scalar, ndarrays_to_parameters
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedProx
@@ -197,7 +197,7 @@ class SecureFedProx(AdmittedFedProx):
 
     def _update_is_sound(self, server_round: int, entry: _Admitted) -> bool:
         """A masked vector can only be checked for its form: field elements in the right shapes."""
-        vector = parameters_to_ndarrays(entry.result.parameters)
+        vector = entry.weights
         shapes = [w.shape for w in self.global_weights] + [(len(proto.FIT_EXTRAS),)]
         dtypes = [masking.FIELD] * len(self.global_weights) + [masking.EXTRAS_FIELD]
         sound = [v.shape for v in vector] == shapes and [v.dtype for v in vector] == dtypes
@@ -209,7 +209,7 @@ class SecureFedProx(AdmittedFedProx):
         """Unmask the sum, check its weight and count, add the mean update to the global weights.
 
         ``aggregate_fit`` then checks the aggregate's norm as on the plain path."""
-        masked = {a.site: parameters_to_ndarrays(a.result.parameters) for a in admitted}
+        masked = {a.site: a.weights for a in admitted}
         total = self._unmask(server_round, proto.FIT, masked)
         self._check_summed_weight(server_round, masking.decode_extras(total[-1], proto.FIT_EXTRAS),
                                   [site for site in masked if site in self._round.sharing])
