@@ -76,8 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("--trim-fraction", type=float,
                          help=f"trimmed mean: share cut at each end of each coordinate (default {DEFAULT_TRIM_FRACTION})")
     approve.add_argument("--max-update-norm", type=float, default=ApprovalOptions.max_update_norm,
-                         help="largest L2 norm of a site's update, and of the combined one "
-                              "(default %(default)g; raise it for sites with many DP steps per round)")
+                         help="largest L2 norm of any site's update, and of the combined one (default: "
+                              "per site, how far its approved DP schedule lets an honest round go)")
     approve.add_argument("--wait", action="store_true", help="block until the session ends")
     reject = commands.add_parser("reject", help="reject a request with a reason")
     reject.add_argument("request")

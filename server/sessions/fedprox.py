@@ -37,9 +37,11 @@ from flwr.server.strategy.aggregate import aggregate, aggregate_median, aggregat
 from server.sessions.admission import AdmissionClientManager
 from server.sessions.aggregation_rule import AggregationRule, Aggregator
 from server.sessions.merge import Rebased
+from server.sessions.update_bound import honest_update_bound
 from server.sessions.update_validation import update_problem
 from shared import secagg_protocol
 from shared.errors import SessionFailedError
+from shared.privacy_accounting import SCHEDULE_PREFIX, DpSchedule
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +80,10 @@ class AdmittedFedProx(FedProx):
 
     On top of FedProx, every fit result must name an admitted site and carry that site's
     per-session secret; results without it, duplicates, results whose example count is not the
-    one approved for the site, and updates with wrong shapes, NaN/Inf or a norm beyond
-    ``max_update_norm`` are dropped and reported to ``on_reject``. A round with fewer than
-    ``min_results`` admitted results, or whose combined update is beyond ``max_update_norm``,
-    raises ``SessionFailedError``. Each site's fit config adds its own entry of
+    one approved for the site, and updates with wrong shapes, NaN/Inf or a norm beyond the
+    site's bound (``norm_bound``) are dropped and reported to ``on_reject``. A round with fewer
+    than ``min_results`` admitted results, or whose combined update is beyond the largest of the
+    admitted sites' bounds, raises ``SessionFailedError``. Each site's fit config adds its own entry of
     ``site_configs`` (local epochs, approved count, DP schedule) to the round's.
 
     Parameters
@@ -101,9 +103,10 @@ class AdmittedFedProx(FedProx):
         ``dp_*`` schedule keys (``server.sessions.privacy_plan.fit_config``).
     min_results : int
         Admitted results a round needs to be aggregated.
-    max_update_norm : float
+    max_update_norm : float | None
         Largest accepted L2 distance between a site's weights (and the combined weights) and the
-        round's global weights.
+        round's global weights; None: per site, how far its approved schedule lets an honest
+        round go (``server.sessions.update_bound``, with ``round_config["learning_rate"]``).
     rule : AggregationRule
         How the admitted weights are combined (default: the FedProx weighted mean).
     weight_cap : int
@@ -124,7 +127,7 @@ class AdmittedFedProx(FedProx):
         round_config: dict[str, Scalar],
         site_configs: dict[str, dict[str, Scalar]],
         min_results: int,
-        max_update_norm: float,
+        max_update_norm: float | None,
         on_round: RoundRecorder,
         on_reject: RejectionLogger,
         rule: AggregationRule | None = None,
@@ -194,7 +197,7 @@ class AdmittedFedProx(FedProx):
         ]
         self._require_enough(server_round, "fit", admitted, failures)
         combined = self._combine(server_round, admitted)
-        self._check_aggregate(server_round, combined)
+        self._check_aggregate(server_round, combined, [a.site for a in admitted])
         self.global_weights = combined
         parameters = ndarrays_to_parameters(self.global_weights)
         per_site = {a.site: {"examples": a.result.num_examples} for a in admitted}
@@ -234,11 +237,22 @@ class AdmittedFedProx(FedProx):
         problem = update_problem(
             entry.weights,
             self.global_weights,
-            max_update_norm=self.max_update_norm,
+            max_update_norm=self.norm_bound(entry.site),
         )
         if problem:
             self._reject(server_round, "fit", entry.site, f"update rejected: {problem}")
         return problem is None
+
+    def norm_bound(self, site: str) -> float:
+        """The admin's fixed bound, else how far ``site``'s approved schedule lets an honest update go.
+
+        A mean of updates within their bounds is within the largest, so that bounds the aggregate."""
+        if self.max_update_norm is not None:
+            return self.max_update_norm
+        config = self.site_configs[site]
+        return honest_update_bound(DpSchedule.from_dict(config, SCHEDULE_PREFIX), examples=int(config["examples"]),
+                                   learning_rate=float(self.round_config["learning_rate"]),
+                                   trainable_values=sum(w.size for w in self.global_weights))
 
     def weight(self, site: str) -> int:
         """A site's weight in the mean: its approved count, capped (never a count it claims)."""
@@ -255,9 +269,10 @@ class AdmittedFedProx(FedProx):
             combined = aggregate(results)
         return [np.asarray(c).astype(g.dtype) for c, g in zip(combined, self.global_weights)]
 
-    def _check_aggregate(self, server_round: int, combined: list[np.ndarray]) -> None:
+    def _check_aggregate(self, server_round: int, combined: list[np.ndarray], sites: list[str]) -> None:
         """The combined update is bounded like each site's: a round that moves further fails."""
-        problem = update_problem(combined, self.global_weights, max_update_norm=self.max_update_norm)
+        bound = max(self.norm_bound(site) for site in sites)
+        problem = update_problem(combined, self.global_weights, max_update_norm=bound)
         if problem:
             raise SessionFailedError(f"round {server_round}: the aggregate update is rejected ({problem})")
 

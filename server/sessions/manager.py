@@ -51,9 +51,9 @@ class ApprovalOptions:
     round_timeout_s: float = 3600.0
     batch_size: int = training_defaults.BATCH_SIZE
     learning_rate: float = training_defaults.LEARNING_RATE
-    #: Honest head-only rounds at the defaults move the weights by 40-190 (bench.update_norms: 125-5000
-    #: images, 1 or 5 local epochs, target epsilon 1; the DP noise is most of it): about 3x headroom.
-    max_update_norm: float = 600.0
+    #: None: each site's bound is how far its approved schedule lets an honest round move the
+    #: weights (``server.sessions.update_bound``; bench.update_norms measures the margin).
+    max_update_norm: float | None = None
     #: None: on for sessions of 3+ sites (``shared.secagg_protocol.enabled_by_default``).
     secure_aggregation: bool | None = None
     #: None: ceil(2n/3) of the n sites; must exceed n/2.

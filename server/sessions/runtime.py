@@ -51,7 +51,8 @@ class SessionOptions:
     min_clients: int
     join_timeout_s: float
     round_timeout_s: float
-    max_update_norm: float
+    #: None: each site's bound follows from its approved schedule (``server.sessions.update_bound``).
+    max_update_norm: float | None
     secure_aggregation: bool = False
     secagg_threshold: int | None = None
     secagg_clip_range: float = secagg_protocol.DEFAULT_CLIP_RANGE
@@ -67,7 +68,7 @@ class SessionOptions:
             min_clients=int(config["min_clients"]),
             join_timeout_s=float(config["join_timeout_s"]),
             round_timeout_s=float(config["round_timeout_s"]),
-            max_update_norm=float(config["max_update_norm"]),
+            max_update_norm=None if config.get("max_update_norm") is None else float(config["max_update_norm"]),
             secure_aggregation=bool(config.get("secure_aggregation", False)),
             secagg_threshold=None if threshold is None else int(threshold),
             secagg_clip_range=float(config.get("secagg_clip_range", secagg_protocol.DEFAULT_CLIP_RANGE)),

@@ -58,8 +58,8 @@ class SecureFedProx(AdmittedFedProx):
 
     A masked vector cannot be norm-checked on its own: what bounds one honest site's influence is
     the clipping of each coordinate of its update to ``+-clip_range`` before quantisation, and
-    the server checks the *aggregate* update (finite, norm within ``max_update_norm``); a
-    rejected aggregate fails the round. The weight and count summed inside the mask must equal
+    the server checks the *aggregate* update (finite, norm within the largest of the summed
+    sites' bounds); a rejected aggregate fails the round. The weight and count summed inside the mask must equal
     the admitted sites' approved ones (capped), or the round fails: a site cannot claim a larger
     or negative weight. Sites that misreport by amounts that cancel out (colluders) are not
     caught by that, and a dishonest site can still send any vector (nothing proves its range,
