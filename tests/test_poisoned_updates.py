@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from server.sessions.update_bound import honest_update_bound
 from server.sessions.update_validation import update_problem
 from server.store import Store
 from server.store.lifecycle import SessionState
 from tests.flower_fakes import ScriptedClient, free_port, run_in_thread, serve_session
+from shared.privacy_accounting import DpSchedule
 from tests.privacy_fixtures import charged_session
 
 pytestmark = pytest.mark.slow
@@ -92,3 +94,30 @@ def test_a_site_claiming_another_example_count_is_dropped(store: Store, sites: d
     drops = store.audit_trail(action="result_dropped")
     assert [(d.detail["from"], d.detail["reason"]) for d in drops] == [
         ("gamma", f"example count {claimed} is not the approved {approved}")]
+
+
+def test_by_default_each_site_is_held_to_its_own_schedule_bound(store: Store, sites: dict[str, str]) -> None:
+    """No fixed ``max_update_norm``: the bound is how far the site's approved DP-SGD schedule can move it."""
+    store.ensure_initial_version(V0, metadata={"model": {}})
+    config = {"proximal_mu": 0.0, "min_clients": 2, "join_timeout_s": 30, "round_timeout_s": 60,
+              "max_update_norm": None, "learning_rate": 0.1}
+    session = charged_session(store, {"alpha": 10, "beta": 10, "gamma": 1000}, rounds=1, config=config)
+    bounds = {site: honest_update_bound(DpSchedule.from_dict(plan["schedule"]), examples=plan["examples"],
+                                        learning_rate=0.1, trainable_values=28)
+              for site, plan in session.config["sites"].items()}
+    port = free_port()
+    store.mark_session_running(session.id, port=port, pid=1)
+    outcome = serve_session(store, session.id, port)
+    # each coordinate shifted by d moves the 28 weights by d * sqrt(28)
+    shifts = {"alpha": 0.9 * bounds["alpha"], "beta": 0.5 * bounds["beta"], "gamma": 1.1 * bounds["gamma"]}
+    for site, norm in shifts.items():
+        examples = session.config["sites"][site]["examples"]
+        run_in_thread(port, ScriptedClient(site, store.session_secret(session.id, site), examples,
+                                           lambda ws, d=norm / np.sqrt(28): [w + d for w in ws]))
+    outcome["thread"].join(timeout=120)
+
+    assert outcome.get("version") == 1, outcome
+    assert store.get_version(1).participants == ["alpha", "beta"]
+    drops = store.audit_trail(action="result_dropped")
+    assert [d.detail["from"] for d in drops] == ["gamma"]
+    assert f"exceeds the bound {bounds['gamma']:.3g}" in drops[0].detail["reason"]
