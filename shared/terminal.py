@@ -65,13 +65,14 @@ def untrusted(text: str) -> Text:
 
 
 def narrow_table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Table:
-    """A table whose long cells fold, so it stays readable in an 80-column pipe.
+    """A table whose long cells fold, so it stays readable in an 80-column pipe; numbers (the
+    ``right``-aligned columns) never break.
 
     Keep paths out of ``title`` and cells (the title wraps at the table's width): print them
     with ``print_unwrapped`` beside the table.
     """
     table = Table(title=title, title_justify="left", expand=False, pad_edge=False)
     for column in columns:
-        table.add_column(column, overflow="fold", no_wrap=column in _NO_WRAP,
+        table.add_column(column, overflow="fold", no_wrap=column in _NO_WRAP or column in right,
                          justify="right" if column in right else "left")
     return table

@@ -39,33 +39,41 @@ def patient_text(epsilon: float | None, delta: float, slices: int | None) -> str
 
 
 def ledger_table(charges: list[ChargeInfo], title: str = "Privacy ledger (server)") -> Table:
-    table = narrow_table(title, "site", "sess", "rnd", "sigma", "q", "steps", "eps sess", "RDP", "eps total",
-                         "RDP total", "delta", "budget", "patient level",
-                         right=("rnd", "sigma", "q", "steps", "eps sess", "RDP", "eps total", "RDP total"))
+    """One row per charge: the session's epsilon and the site's composed total, PLD with RDP in
+    brackets. The patient-level figure is in ``sites_spent_table`` beside it (the latest total)."""
+    table = narrow_table(title, "site", "sess", "rnd", "sigma", "q", "steps", "eps (RDP)", "total (RDP)",
+                         "delta", "budget",
+                         right=("rnd", "sigma", "q", "steps", "eps (RDP)", "total (RDP)", "delta", "budget"))
     for c in charges:
         s = c.schedule
         table.add_row(c.site, str(c.session_id), str(c.rounds), f"{s['noise_multiplier']:.3f}",
-                      f"{s['sampling_rate']:.4f}", str(s["steps"]), eps_text(c.epsilon), eps_text(c.epsilon_rdp),
-                      eps_text(c.total_epsilon), eps_text(c.total_epsilon_rdp), f"{c.delta:g}",
-                      f"{c.budget_epsilon:g}", patient_text(c.total_epsilon, c.delta, c.slices_per_patient))
+                      f"{s['sampling_rate']:.4f}", str(s["steps"]), _with_rdp(c.epsilon, c.epsilon_rdp),
+                      _with_rdp(c.total_epsilon, c.total_epsilon_rdp), f"{c.delta:g}", f"{c.budget_epsilon:g}")
     return table
+
+
+def _with_rdp(pld: float | None, rdp: float | None) -> str:
+    """The PLD epsilon (shown, enforced) with the RDP cross-check beside it."""
+    return eps_text(pld) if pld is None else f"{eps_text(pld)} ({eps_text(rdp)})"
 
 
 def sites_spent_table(charges: list[ChargeInfo], sites: list[SiteInfo]) -> Table:
     """Per site: sessions charged, the latest composed total against the effective budget."""
+    patients = any(c.slices_per_patient for c in charges)
     table = narrow_table("Privacy spent per site (server ledger)", "site", "sessions", "eps total", "RDP total",
-                         "delta", "budget", "left", "patient level", right=("sessions", "eps total", "RDP total"))
+                         "delta", "budget", "left", *(["patient level"] if patients else []),
+                         right=("sessions", "eps total", "RDP total"))
     names = sorted({s.name for s in sites} | {c.site for c in charges})
     for name in names:
         mine = [c for c in charges if c.site == name]
         if not mine:
-            table.add_row(name, "0", "0.000", "0.000", "", "", "", "")
+            table.add_row(name, "0", "0.000", "0.000", "", "", "", *([""] if patients else []))
             continue
         last = mine[-1]
         left = "" if last.total_epsilon is None else f"{max(0.0, last.budget_epsilon - last.total_epsilon):.3f}"
+        patient = [patient_text(last.total_epsilon, last.delta, last.slices_per_patient)] if patients else []
         table.add_row(name, str(len(mine)), eps_text(last.total_epsilon), eps_text(last.total_epsilon_rdp),
-                      f"{last.delta:g}", f"{last.budget_epsilon:g}", left,
-                      patient_text(last.total_epsilon, last.delta, last.slices_per_patient))
+                      f"{last.delta:g}", f"{last.budget_epsilon:g}", left, *patient)
     return table
 
 
