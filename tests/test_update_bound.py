@@ -8,7 +8,12 @@ import pytest
 from client.training.dp_training import LocalSettings, train_dp
 from client.training.examples import TrainingExamples
 from server.sessions.update_bound import honest_update_bound
-from shared.classifier import FEATURE_DIM, build_head, get_trainable_weights, set_trainable_weights
+from shared.classifier import (
+    FEATURE_DIM,
+    build_head,
+    get_trainable_weights,
+    set_trainable_weights,
+)
 from shared.privacy_accounting import DpSchedule
 
 
