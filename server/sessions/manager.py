@@ -207,14 +207,18 @@ class SessionManager:
             return [sid for sid, proc in self._processes.items() if proc.poll() is None]
 
     def stop(self, session_id: int, *, reason: str, grace_s: float = 10.0) -> None:
-        """Terminate a session process (ours or another's) and mark it CANCELLED with ``reason``."""
+        """Mark a session CANCELLED with ``reason``, then terminate its process (ours or another's).
+
+        In that order: a watcher (this server's, or another process's) that sees the process die
+        must find the session already ended, or it records the death as a failure first."""
+        ended = self._end_if_active(session_id, SessionState.CANCELLED, reason)
         with self._lock:
             process = self._processes.pop(session_id, None)
         if process is not None:
             _terminate(process, grace_s)
         else:
             _terminate_pid(self.store.get_session(session_id).pid, grace_s)
-        if self._end_if_active(session_id, SessionState.CANCELLED, reason):
+        if ended:
             self.on_event(SessionEvent(session_id, SessionState.CANCELLED.value, reason))
 
     def _end_if_active(self, session_id: int, state: SessionState, reason: str) -> bool:
