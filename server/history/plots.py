@@ -68,6 +68,10 @@ def load_study(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+#: Each no-DP baseline its own colour and dash, so "no DP" and "centralised" can be told apart.
+_BASELINE_STYLES = [("tab:green", "--"), ("tab:purple", "-.")]
+
+
 def privacy_utility_figure(study: dict[str, Any]) -> Figure:
     """Final accuracy (the study scores held-out images) against the target epsilon (log axis); no DP dashed."""
     fig = Figure(figsize=(7, 4), layout="constrained")
@@ -75,8 +79,9 @@ def privacy_utility_figure(study: dict[str, Any]) -> Figure:
     private = sorted((r for r in study["rows"] if r["epsilon"] is not None), key=lambda r: r["epsilon"])
     axes.plot([r["epsilon"] for r in private], [r["accuracy"] for r in private], marker="o",
               label="DP-SGD at target epsilon")
-    for row in (r for r in study["rows"] if r["epsilon"] is None):
-        axes.axhline(row["accuracy"], color="tab:green", linestyle="--", label=row["label"])
+    baselines = [r for r in study["rows"] if r["epsilon"] is None]  # no DP, then the centralised ceiling
+    for row, (colour, style) in zip(baselines, _BASELINE_STYLES * len(baselines)):
+        axes.axhline(row["accuracy"], color=colour, linestyle=style, label=row["label"])
     axes.axhline(study.get("chance", CHANCE), color="grey", linestyle=":", label="chance")
     if private:  # a study of the no-DP baseline alone has nothing to put on a log axis
         axes.set_xscale("log")
