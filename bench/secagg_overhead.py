@@ -39,19 +39,19 @@ from pathlib import Path
 from shared.logging_setup import quiet_script
 
 quiet_script(__file__)  # before Flower imports TensorFlow: its start-up lines go to the log file, not here
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+import numpy as np
+import psutil
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from server.sessions.runtime import run_session  # noqa: E402
-from server.store import Store  # noqa: E402
-from shared.listening import wait_until_listening  # noqa: E402
-from shared.secagg_graph import neighbourhood_size  # noqa: E402
-from shared.secagg_identity import encode_public_key  # noqa: E402
-from shared.settings import load_settings  # noqa: E402
-from tests.flower_fakes import free_port  # noqa: E402
-from tests.privacy_fixtures import charged_session  # noqa: E402
+from server.sessions.runtime import run_session
+from server.store import Store
+from shared.listening import wait_until_listening
+from shared.secagg_graph import neighbourhood_size
+from shared.secagg_identity import encode_public_key
+from shared.settings import load_settings
+from tests.flower_fakes import free_port
+from tests.privacy_fixtures import charged_session
 
 HEAD_SHAPES = [(2048, 256), (256,), (256, 4), (4,)]
 SITE_COUNTS = (3, 5, 10, 25, 50)
