@@ -5,10 +5,13 @@ head-only model's trainable weights: [(2048, 256), (256,), (256, 4), (4,)], 525,
 and its light sites (numpy, no TensorFlow, ``bench.secagg_sites``) in one child process, so
 this process's CPU time is the server's alone. Sites "train" in zero time: the difference
 between the arms is the protocol's own cost (key and share exchange, quantising and masking,
-uint64 vectors, unmasking). A round is fit + evaluate, timed between the fit records of
-consecutive rounds (the first round, with the joins, is left out); server CPU is this process's
-user + system time over the same span (and the sites' process's, all sites together); bytes are the serialised instructions and replies of
-each site (received / sent), per round.
+uint64 vectors, unmasking) plus the masked evaluate step, which only secure sessions run (a
+plain session sends no validation metrics, so it has none): it downloads the new weights again
+and returns masked validation sums. A round is timed between the fit records of consecutive
+rounds (the first round, with the joins, is left out); the "fit phase" of a secure round is its
+fit record minus the previous round's evaluate record. Server CPU is this process's user +
+system time over the same span (and the sites' process's, all sites together); bytes are the
+serialised instructions and replies of each site (received / sent), per round.
 
 Repetitions interleave the arms (plain then secure, then secure then plain, ...) for every site
 count, so a noisy neighbour on this shared machine hits both; every figure is the median over
@@ -63,6 +66,7 @@ class Measurement:
     """One session: per-round medians over its timed rounds, and bytes per site per round."""
 
     round_s: float
+    fit_s: float  # the round minus its masked evaluate step (plain sessions have none)
     server_cpu_s: float
     sites_cpu_s: float  # all sites together (one process)
     received_mb: float  # per site per round, server -> site
@@ -76,7 +80,7 @@ def measure_session(site_count: int, *, secure: bool, rounds: int) -> Measuremen
         store = Store.open(load_settings(home=Path(home)))
         try:
             session_id, port, sites = _prepare(store, site_count, secure=secure, rounds=rounds)
-            marks = _mark_fit_records(store, sites_process)
+            marks, evaluated = _mark_fit_records(store, sites_process)
             outcome: dict[str, object] = {}
             server = threading.Thread(target=_serve, args=(store, session_id, port, outcome), daemon=True)
             server.start()
@@ -94,10 +98,12 @@ def measure_session(site_count: int, *, secure: bool, rounds: int) -> Measuremen
         raise RuntimeError(f"{site_count} sites, secure={secure}: {outcome.get('error')} {report['errors']} "
                            f"({len(marks)} of {rounds} rounds)\n{stderr[-2000:]}")
     walls, server_cpu, sites_cpu = (np.diff([m[i] for m in marks]) for i in range(3))
+    round_ends = evaluated if len(evaluated) == len(marks) else [m[0] for m in marks]
+    fits = [marks[r][0] - round_ends[r - 1] for r in range(1, len(marks))]
     received = statistics.mean(r for r, _ in report["bytes"].values()) / rounds / 1e6
     sent = statistics.mean(s for _, s in report["bytes"].values()) / rounds / 1e6
-    return Measurement(float(np.median(walls)), float(np.median(server_cpu)), float(np.median(sites_cpu)),
-                       received, sent)
+    return Measurement(float(np.median(walls)), float(np.median(fits)), float(np.median(server_cpu)),
+                       float(np.median(sites_cpu)), received, sent)
 
 
 def _prepare(store: Store, site_count: int, *, secure: bool, rounds: int) -> tuple[int, int, list[dict]]:
@@ -135,9 +141,13 @@ def _serve(store: Store, session_id: int, port: int, outcome: dict[str, object])
         outcome["error"] = exc
 
 
-def _mark_fit_records(store: Store, sites: dict[str, psutil.Process]) -> list[tuple[float, float, float]]:
-    """Wrap the store's round recorder to note (wall, server CPU, sites' CPU) when each round's fit is aggregated."""
+def _mark_fit_records(
+    store: Store, sites: dict[str, psutil.Process]
+) -> tuple[list[tuple[float, float, float]], list[float]]:
+    """Wrap the store's round recorder to note (wall, server CPU, sites' CPU) when each round's fit is
+    aggregated, and the wall time when its masked evaluate is (secure sessions only)."""
     marks: list[tuple[float, float, float]] = []
+    evaluated: list[float] = []
     record = store.record_round
 
     def timed(session_id: int, **kwargs) -> None:  # type: ignore[no-untyped-def]
@@ -145,10 +155,12 @@ def _mark_fit_records(store: Store, sites: dict[str, psutil.Process]) -> list[tu
             usage = resource.getrusage(resource.RUSAGE_SELF)
             child = sites["sites"].cpu_times()
             marks.append((time.perf_counter(), usage.ru_utime + usage.ru_stime, child.user + child.system))
+        elif kwargs["phase"] == "evaluate":
+            evaluated.append(time.perf_counter())
         record(session_id, **kwargs)
 
     store.record_round = timed  # type: ignore[method-assign]
-    return marks
+    return marks, evaluated
 
 
 def head_training_time() -> float:
@@ -209,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{n:>5} {arm:<6} {_spread([m.round_s for m in ms]):>22} "
                   f"{_spread([m.server_cpu_s for m in ms]):>22} {_spread([m.sites_cpu_s for m in ms]):>22} "
                   f"{statistics.median(m.received_mb for m in ms):>11.2f}, {statistics.median(m.sent_mb for m in ms):>.2f}")
-    print("per site, secure minus plain, medians: the protocol's cost grows with k, the neighbourhood, not with n")
+    print("per site, secure minus plain, medians (the masked evaluate step included, which downloads the new "
+          "weights again): the protocol's cost grows with k, the neighbourhood, not with n")
     for n in counts:
         plain, secure = runs[(n, "plain")], runs[(n, "secure")]
         cpu_ms = 1e3 * (statistics.median(m.sites_cpu_s for m in secure) - statistics.median(m.sites_cpu_s for m in plain)) / n
@@ -217,9 +230,11 @@ def main(argv: list[str] | None = None) -> int:
                     - statistics.median(m.received_mb + m.sent_mb for m in plain))
         print(f"{n:>5} sites (k = {neighbourhood_size(n):>2}): {cpu_ms:6.1f} ms CPU, {kb:6.1f} kB per site per round")
     ratios = {n: [s.round_s / p.round_s for p, s in zip(runs[(n, "plain")], runs[(n, "secure")])] for n in counts}
-    print("secure / plain round time, per repetition: median [min-max]")
+    fit_ratios = {n: [s.fit_s / p.round_s for p, s in zip(runs[(n, "plain")], runs[(n, "secure")])] for n in counts}
+    print("secure / plain round time, per repetition: median [min-max]; a secure round also runs the masked "
+          "evaluate step that plain sessions skip, so its fit phase alone is beside it")
     for n in counts:
-        print(f"{n:>5} sites: {_spread(ratios[n], '{:.2f}')}")
+        print(f"{n:>5} sites: {_spread(ratios[n], '{:.2f}')}   fit phase only: {_spread(fit_ratios[n], '{:.2f}')}")
     if args.measure_training:
         train = head_training_time()
         print(f"with a head-only DP training round of {train:.2f} s (feature_cache bench's warm-cache round):")
