@@ -36,6 +36,7 @@ from client.federation.socket_client import SiteConnection
 from shared.errors import ConnectionProblem, ServerBusy
 from shared.listening import wait_until_listening
 from shared.secagg_identity import encode_public_key
+from tests import thread_safe_npy
 
 T = TypeVar("T")
 #: Seconds a site waits after the socket answered "rate limited" or dropped it, before it tries again.
@@ -115,6 +116,7 @@ def probe(job: dict[str, Any], stop: threading.Event, samples: list[tuple[float,
 
 
 def main() -> int:
+    thread_safe_npy.install()  # every site is a thread of this process
     job = json.load(sys.stdin)
     sites = [Site({**spec, "shift": 0.001 * (i + 1)}, job) for i, spec in enumerate(job["sites"])]
     stop, samples = threading.Event(), []

@@ -24,6 +24,7 @@ from flwr.common import serde
 from client.federation.secagg_state import SecAggPolicy
 from client.federation.secure_aggregation import SecureAggregationClient
 from client.federation.site_identity import SessionPeers
+from tests import thread_safe_npy
 from tests.flower_fakes import ScriptedClient
 
 
@@ -74,6 +75,7 @@ def site_client(spec: dict[str, Any], peers: SessionPeers | None) -> CountingCli
 
 
 def main() -> int:
+    thread_safe_npy.install()  # every site is a thread of this process
     job = json.load(sys.stdin)
     peers = None
     if job["secure"]:

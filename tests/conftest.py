@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 from scripts.make_sample_data import generate_sample_dataset
+from tests import thread_safe_npy
+
+thread_safe_npy.install()  # many tests run several Flower sites as threads of this process
 
 pytest_plugins = ["tests.conftest_store", "tests.conftest_client", "tests.conftest_socket"]
 
