@@ -35,6 +35,19 @@ def make_weights(seed: int = 0, *, scale: float = 1.0) -> list[np.ndarray]:
     ]
 
 
+def cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, columns: int) -> Path:
+    """An ``FL_HOME`` for running ``fl-server`` commands in-process: own session ports, quiet logs,
+    tables ``columns`` wide."""
+    # imported here: flower_fakes loads Flower, which only the tests that run commands need
+    from tests.flower_fakes import free_port
+
+    monkeypatch.setenv("FL_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FL_SESSION_PORT_START", str(free_port()))
+    monkeypatch.setenv("FL_LOG_LEVEL", "WARNING")
+    monkeypatch.setenv("COLUMNS", str(columns))
+    return tmp_path / "home"
+
+
 def _reset_postgres(url: str) -> None:
     engine = create_engine(url)
     Base.metadata.drop_all(engine)

@@ -16,8 +16,7 @@ from server.sessions.privacy_plan import privacy_summary
 from server.store import Store
 from server.store.lifecycle import RequestState, SessionState
 from shared.settings import load_settings
-from tests.conftest_store import make_weights, running_session
-from tests.flower_fakes import free_port
+from tests.conftest_store import cli_home, make_weights, running_session
 from tests.privacy_fixtures import charged_session, declaration
 
 DP = {"noise_multiplier": 1.1, "delta": 1e-5, "l2_norm_clip": 1.0}
@@ -25,11 +24,7 @@ DP = {"noise_multiplier": 1.1, "delta": 1e-5, "l2_norm_clip": 1.0}
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("FL_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("FL_SESSION_PORT_START", str(free_port()))
-    monkeypatch.setenv("FL_LOG_LEVEL", "WARNING")
-    monkeypatch.setenv("COLUMNS", "80")
-    return tmp_path / "home"
+    return cli_home(tmp_path, monkeypatch, columns=80)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from server.store.lifecycle import SessionState
 from shared import secagg_protocol
 from shared.errors import ConfigError
 from shared.settings import load_settings
+from tests.conftest_store import cli_home
 from tests.flower_fakes import ScriptedClient, free_port, run_in_thread, serve_session
 from tests.privacy_fixtures import charged_session, declaration
 
@@ -136,11 +137,7 @@ def test_rules_are_checked_when_chosen() -> None:
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("FL_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("FL_SESSION_PORT_START", str(free_port()))
-    monkeypatch.setenv("FL_LOG_LEVEL", "WARNING")
-    monkeypatch.setenv("COLUMNS", "200")
-    return tmp_path / "home"
+    return cli_home(tmp_path, monkeypatch, columns=200)
 
 
 def test_approval_refuses_a_robust_rule_it_cannot_run(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
